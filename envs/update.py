@@ -1,0 +1,247 @@
+"""Update operators: how a self-edit changes the model.
+
+An update operator turns training sequences and hyperparameters into an adapted model for
+the duration of a ``with`` block, and leaves the base weights exactly as they were after it.
+The env only sees this protocol, so full fine-tuning or singular-value experts
+(Transformer²) can be added without touching the env::
+
+    with operator.adapted(backend, sequences, hyperparameters, seed=...) as stats:
+        ...  # backend.generate(...) now answers with the adapted model
+    # base weights restored, stats filled in (loss curve, tokens, seconds, error)
+
+:class:`LoRAUpdate` is the lean loop the design measured (DESIGN.md): a fresh PEFT LoRA per
+step on the already-loaded model, AdamW on the adapter only, dynamic padding (never padding
+to a fixed length), no Trainer built per request.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+from selfedit.envs.templates import Hyperparameters
+
+__all__ = ["LoRAUpdate", "UpdateOperator", "UpdateStats"]
+
+DEFAULT_TARGET_MODULES = (
+    "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
+)
+
+
+@dataclass
+class UpdateStats:
+    """What one update did; filled in while the ``with`` block is entered."""
+
+    optimizer_steps: int = 0
+    train_tokens: int = 0  # real (unpadded) tokens seen, summed over epochs
+    sequences: int = 0
+    losses: list[float] = field(default_factory=list)  # one per optimizer step
+    seconds: float = 0.0
+    error: str | None = None  # the update failed (non-finite loss): do not trust the model
+    notes: list[str] = field(default_factory=list)  # budgets applied; the update still counts
+
+    @property
+    def loss_first(self) -> float | None:
+        return self.losses[0] if self.losses else None
+
+    @property
+    def loss_last(self) -> float | None:
+        return self.losses[-1] if self.losses else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "optimizer_steps": self.optimizer_steps,
+            "train_tokens": self.train_tokens,
+            "sequences": self.sequences,
+            "loss_first": self.loss_first,
+            "loss_last": self.loss_last,
+            "error": self.error,
+            "notes": list(self.notes),
+        }
+
+
+class UpdateOperator(Protocol):
+    """Adapts ``backend.model`` for the duration of a ``with`` block."""
+
+    name: str
+
+    def adapted(
+        self,
+        backend: Any,
+        sequences: Sequence[str],
+        hyperparameters: Hyperparameters,
+        *,
+        seed: int,
+    ) -> contextlib.AbstractContextManager[UpdateStats]: ...
+
+
+class LoRAUpdate:
+    """A fresh LoRA adapter trained with next-token prediction on the sequences.
+
+    Args:
+        target_modules: module names that get LoRA weights.
+        micro_batch_size: sequences per forward pass (padded to the longest in the batch);
+            ``gradient_accumulation_steps`` from the template multiplies it.
+        max_seq_tokens: sequences are cut to this many tokens.
+        max_train_tokens: budget of real tokens per update (sequences x epochs); the epochs
+            that would exceed it are not run, and ``stats.notes`` says so.
+        max_seconds: wall-clock budget per update; training stops when it is spent.
+    """
+
+    name = "lora"
+
+    def __init__(
+        self,
+        *,
+        target_modules: Sequence[str] = DEFAULT_TARGET_MODULES,
+        micro_batch_size: int = 4,
+        max_seq_tokens: int = 512,
+        max_train_tokens: int = 200_000,
+        max_seconds: float = 600.0,
+    ) -> None:
+        self.target_modules = list(target_modules)
+        self.micro_batch_size = micro_batch_size
+        self.max_seq_tokens = max_seq_tokens
+        self.max_train_tokens = max_train_tokens
+        self.max_seconds = max_seconds
+
+    def _encode(self, tokenizer: Any, sequences: Sequence[str]) -> list[list[int]]:
+        eos = tokenizer.eos_token_id
+        encoded = tokenizer(list(sequences), add_special_tokens=False)["input_ids"]
+        # EOS teaches the sequence boundary; cut to the budget per sequence.
+        return [(ids + [eos])[: self.max_seq_tokens] for ids in encoded if ids]
+
+    def _batches(self, encoded: list[list[int]], generator: torch.Generator) -> list[list[int]]:
+        """One epoch of micro-batches: shuffled, then grouped by length.
+
+        Sequences of similar length share a batch so padding stays small (a 220-token
+        passage batched with 20-token facts would otherwise waste most of the compute);
+        the order of the batches is shuffled again so the epoch is not sorted by length.
+        """
+        order = torch.randperm(len(encoded), generator=generator).tolist()
+        order.sort(key=lambda i: len(encoded[i]))
+        size = self.micro_batch_size
+        batches = [order[i : i + size] for i in range(0, len(order), size)]
+        perm = torch.randperm(len(batches), generator=generator).tolist()
+        return [batches[i] for i in perm]
+
+    @contextlib.contextmanager
+    def adapted(
+        self,
+        backend: Any,
+        sequences: Sequence[str],
+        hyperparameters: Hyperparameters,
+        *,
+        seed: int,
+    ) -> Iterator[UpdateStats]:
+        from peft import LoraConfig, get_peft_model
+
+        stats = UpdateStats()
+        hp = hyperparameters
+        if hp.num_epochs == 0 or not sequences:
+            yield stats  # no training: the adapted model is the base model
+            return
+        model = backend.model
+        grad_state = {n: p.requires_grad for n, p in model.named_parameters()}
+        torch.manual_seed(seed)  # LoRA init (A is random) and dropout
+        config = LoraConfig(
+            r=hp.lora_rank,
+            lora_alpha=hp.lora_alpha,
+            lora_dropout=hp.lora_dropout,
+            target_modules=self.target_modules,
+            bias="none",
+            task_type="CAUSAL_LM",
+        )
+        peft_model = get_peft_model(model, config)
+        try:
+            start = time.perf_counter()
+            self._train(peft_model, backend, sequences, hp, seed, stats)
+            stats.seconds = time.perf_counter() - start
+            yield stats
+        finally:
+            restored = peft_model.unload()  # drops the LoRA layers, restores the base modules
+            if restored is not model:
+                raise RuntimeError("LoRA unload returned a different model object")
+            for name, param in model.named_parameters():
+                param.requires_grad_(grad_state.get(name, False))
+            model.eval()
+
+    def _train(
+        self,
+        model: Any,
+        backend: Any,
+        sequences: Sequence[str],
+        hp: Hyperparameters,
+        seed: int,
+        stats: UpdateStats,
+    ) -> None:
+        device = backend.device
+        encoded = self._encode(backend.tokenizer, sequences)
+        stats.sequences = len(encoded)
+        tokens_per_epoch = sum(len(ids) for ids in encoded)
+        epochs = hp.num_epochs
+        if tokens_per_epoch * epochs > self.max_train_tokens:
+            epochs = max(1, self.max_train_tokens // max(tokens_per_epoch, 1))
+            stats.notes.append(
+                f"training budget: {tokens_per_epoch} tokens x {hp.num_epochs} epochs exceeds"
+                f" max_train_tokens={self.max_train_tokens}; ran {epochs} epochs"
+            )
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=hp.learning_rate, weight_decay=0.0)
+        generator = torch.Generator().manual_seed(seed)
+        pad = backend.tokenizer.pad_token_id
+        accum = hp.gradient_accumulation_steps
+        deadline = time.perf_counter() + self.max_seconds
+        model.train()
+        micro = 0
+        window_loss = 0.0
+        for _ in range(epochs):
+            for batch_idx in self._batches(encoded, generator):
+                batch = [encoded[i] for i in batch_idx]
+                width = max(len(ids) for ids in batch)  # dynamic padding
+                input_ids = torch.full((len(batch), width), pad, dtype=torch.long)  # (B, T)
+                labels = torch.full((len(batch), width), -100, dtype=torch.long)  # (B, T)
+                mask = torch.zeros((len(batch), width), dtype=torch.long)  # (B, T)
+                for row, ids in enumerate(batch):
+                    input_ids[row, : len(ids)] = torch.tensor(ids)
+                    labels[row, : len(ids)] = torch.tensor(ids)
+                    mask[row, : len(ids)] = 1
+                out = model(
+                    input_ids=input_ids.to(device),
+                    attention_mask=mask.to(device),
+                    labels=labels.to(device),
+                    use_cache=False,
+                )
+                loss = out.loss
+                if not torch.isfinite(loss):
+                    stats.error = f"training loss became {loss.item()}; update stopped"
+                    optimizer.zero_grad(set_to_none=True)
+                    return
+                (loss / accum).backward()
+                window_loss += loss.item() / accum
+                stats.train_tokens += int(mask.sum())
+                micro += 1
+                if micro % accum == 0:
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    stats.optimizer_steps += 1
+                    stats.losses.append(window_loss)
+                    window_loss = 0.0
+                if time.perf_counter() > deadline:
+                    stats.notes.append(f"time budget: stopped after {self.max_seconds:.0f} s")
+                    break
+            else:
+                continue
+            break
+        if micro % accum:  # flush a partial accumulation window at the end
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            stats.optimizer_steps += 1
+            stats.losses.append(window_loss * accum / (micro % accum))
+        if any(not math.isfinite(x) for x in stats.losses):
+            stats.error = "training loss was not finite"

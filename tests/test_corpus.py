@@ -1,0 +1,618 @@
+"""Tests for selfedit.envs.corpus: three formats in, the same records out."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from selfedit.envs import corpus as corpus_mod
+from selfedit.envs.corpus import (
+    EMBEDDED_PATH,
+    Corpus,
+    Passage,
+    Question,
+    load_corpus,
+    load_hf_dataset,
+    load_records,
+    load_squad_json,
+)
+
+# /work/main/tests/test_corpus.py -> /work/shared/squad/...
+REAL_SQUAD = (
+    Path(__file__).resolve().parents[1].parent / "shared" / "squad" / "squad_v1.1_dev_seal.json"
+)
+
+needs_real_squad = pytest.mark.skipif(
+    not REAL_SQUAD.is_file(), reason=f"real SQuAD records not found at {REAL_SQUAD}"
+)
+
+# Two passages of made-up text; the second question of passage 0 has two gold answers.
+RECORDS: list[dict[str, Any]] = [
+    {
+        "title": "Broncos",
+        "context": "The Denver Broncos won Super Bowl 50 at Levi's Stadium.",
+        "questions": [
+            {"question": "Who won Super Bowl 50?", "answer": "Denver Broncos"},
+            {"question": "Where was it played?", "answer": ["Levi's Stadium", "Levi's"]},
+        ],
+    },
+    {
+        "title": "Warsaw",
+        "context": "Warsaw is the capital of Poland.",
+        "questions": [{"question": "What is Poland's capital?", "answers": ["Warsaw"]}],
+    },
+]
+
+
+def write_json(path: Path, data: Any) -> Path:
+    path.write_text(json.dumps(data), encoding="utf-8")
+    return path
+
+
+def squad_official(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The same content as ``records`` in the official SQuAD v1.1 layout, one article each."""
+    data = []
+    for r_index, record in enumerate(records):
+        qas = []
+        for q_index, q in enumerate(record["questions"]):
+            answers = q.get("answer", q.get("answers"))
+            texts = [answers] if isinstance(answers, str) else answers
+            qas.append(
+                {
+                    "id": f"q{r_index}-{q_index}",
+                    "question": q["question"],
+                    "answers": [
+                        {"text": t, "answer_start": record["context"].find(t)} for t in texts
+                    ],
+                }
+            )
+        paragraph = {"context": record["context"], "qas": qas}
+        data.append({"title": record["title"], "paragraphs": [paragraph]})
+    return {"version": "1.1", "data": data}
+
+
+def squad_rows(records: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    """The same content as ``records`` as Hugging Face SQuAD columns, one row per question."""
+    columns: dict[str, list[Any]] = {k: [] for k in ("id", "title", "context", "question")}
+    columns["answers"] = []
+    for r_index, record in enumerate(records):
+        for q_index, q in enumerate(record["questions"]):
+            answers = q.get("answer", q.get("answers"))
+            texts = [answers] if isinstance(answers, str) else answers
+            columns["id"].append(f"q{r_index}-{q_index}")
+            columns["title"].append(record["title"])
+            columns["context"].append(record["context"])
+            columns["question"].append(q["question"])
+            columns["answers"].append(
+                {"text": texts, "answer_start": [record["context"].find(t) for t in texts]}
+            )
+    return columns
+
+
+def contents(corpus: Corpus) -> list[tuple[str, str, tuple[Question, ...]]]:
+    """What a passage says, without its id (ids depend on the corpus name)."""
+    return [(p.title, p.context, p.questions) for p in corpus]
+
+
+def make_corpus(n: int, name: str = "toy") -> Corpus:
+    qs = (Question("Q?", ("A",)),)
+    return Corpus([Passage(f"{name}:{i}", "T", f"text {i}", qs) for i in range(n)], name=name)
+
+
+# ---------------------------------------------------------------- records format
+
+
+def test_load_records_reads_answer_shapes_and_ids(tmp_path: Path) -> None:
+    corpus = load_records(write_json(tmp_path / "toy.json", RECORDS))
+
+    assert corpus.name == "toy"
+    assert len(corpus) == 2 and corpus.num_questions == 3
+    assert [p.id for p in corpus] == ["toy:0", "toy:1"]
+    first = corpus[0]
+    assert first.title == "Broncos"
+    assert first.questions[0] == Question("Who won Super Bowl 50?", ("Denver Broncos",))
+    assert first.questions[1].answers == ("Levi's Stadium", "Levi's")
+    assert first.questions[1].answer == "Levi's Stadium"
+    assert corpus[1].questions[0].answers == ("Warsaw",)  # the "answers" spelling
+    assert corpus.by_id("toy:1") is corpus[1]
+    assert corpus[-1] is corpus[1]
+
+
+def test_load_records_skips_unanswered_questions_and_empty_passages(tmp_path: Path) -> None:
+    records = [
+        {
+            "title": "A",
+            "context": "no answers here",
+            "questions": [
+                {"question": "Q1?", "answer": ""},
+                {"question": "Q2?", "answers": []},
+            ],
+        },
+        {
+            "title": "B",
+            "context": "some answers",
+            "questions": [
+                {"question": "Q3?", "answer": None},
+                {"question": "Q4?", "answer": ["", "yes", "yes"]},
+            ],
+        },
+        {"title": "C", "context": "no questions", "questions": []},
+    ]
+    corpus = load_records(write_json(tmp_path / "sparse.json", records), name="sparse")
+
+    assert len(corpus) == 1
+    # Ids keep the source index even though record 0 was dropped.
+    assert corpus[0].id == "sparse:1"
+    assert corpus[0].questions == (Question("Q4?", ("yes",)),)
+
+
+def test_load_records_refuses_to_return_an_empty_corpus(tmp_path: Path) -> None:
+    records = [{"title": "A", "context": "c", "questions": [{"question": "Q?", "answer": ""}]}]
+    with pytest.raises(ValueError, match="no passage with an answered question"):
+        load_records(write_json(tmp_path / "empty.json", records))
+    with pytest.raises(ValueError, match="no passage with an answered question"):
+        load_records(write_json(tmp_path / "none.json", []))
+
+
+@needs_real_squad
+def test_load_records_on_real_squad_dev() -> None:
+    corpus = load_records(REAL_SQUAD)
+
+    assert len(corpus) == 2067
+    assert corpus.num_questions == 10570
+    assert corpus[0].title == "Super Bowl 50"
+    assert corpus[0].questions[0].answers == ("Denver Broncos",)
+    assert len({p.id for p in corpus}) == 2067
+    assert load_corpus(str(REAL_SQUAD)) == corpus
+
+
+@pytest.mark.skipif(not EMBEDDED_PATH.is_file(), reason=f"{EMBEDDED_PATH} not written yet")
+def test_load_corpus_embedded() -> None:
+    corpus = load_corpus("embedded")
+
+    assert corpus.name == "embedded"
+    assert len(corpus) > 0 and corpus.num_questions >= len(corpus)
+    assert all(p.id.startswith("embedded:") for p in corpus)
+
+
+# ---------------------------------------------------------------- official SQuAD format
+
+
+def test_load_squad_json_one_passage_per_paragraph(tmp_path: Path) -> None:
+    official = {
+        "version": "1.1",
+        "data": [
+            {
+                "title": "Art1",
+                "paragraphs": [
+                    {
+                        "context": "Para one.",
+                        "qas": [
+                            {
+                                "id": "a",
+                                "question": "One?",
+                                "answers": [
+                                    {"text": "one", "answer_start": 5},
+                                    {"text": "Para one", "answer_start": 0},
+                                    {"text": "one", "answer_start": 5},
+                                ],
+                            },
+                            {
+                                "id": "b",
+                                "question": "Unanswerable?",
+                                "answers": [],
+                                "is_impossible": True,
+                            },
+                        ],
+                    },
+                    {
+                        "context": "Para two.",
+                        "qas": [
+                            {
+                                "id": "c",
+                                "question": "Two?",
+                                "answers": [
+                                    {"text": "two", "answer_start": 5},
+                                ],
+                            },
+                        ],
+                    },
+                ],
+            },
+            {
+                "title": "Art2",
+                "paragraphs": [
+                    {
+                        "context": "Para three.",
+                        "qas": [
+                            {
+                                "id": "d",
+                                "question": "Three?",
+                                "answers": [
+                                    {"text": "three", "answer_start": 5},
+                                ],
+                            },
+                        ],
+                    },
+                ],
+            },
+        ],
+    }
+    corpus = load_squad_json(write_json(tmp_path / "dev-v1.1.json", official))
+
+    assert corpus.name == "dev-v1.1"
+    assert [p.id for p in corpus] == ["dev-v1.1:0", "dev-v1.1:1", "dev-v1.1:2"]
+    assert [p.title for p in corpus] == ["Art1", "Art1", "Art2"]
+    assert [p.context for p in corpus] == ["Para one.", "Para two.", "Para three."]
+    # Distinct answers kept in order; the unanswerable question is dropped.
+    assert corpus[0].questions == (Question("One?", ("one", "Para one")),)
+    assert corpus[2].questions[0].answers == ("three",)
+
+
+def test_all_three_formats_give_the_same_records(tmp_path: Path) -> None:
+    datasets = pytest.importorskip("datasets")
+    records_path = write_json(tmp_path / "rec.json", RECORDS)
+    official_path = write_json(tmp_path / "official.json", squad_official(RECORDS))
+    disk_path = tmp_path / "rows"
+    datasets.Dataset.from_dict(squad_rows(RECORDS)).save_to_disk(str(disk_path))
+
+    from_records = load_corpus(str(records_path))
+    from_official = load_corpus(str(official_path))  # sniffed as official format
+    from_disk = load_corpus(str(disk_path))
+
+    assert contents(from_records) == contents(from_official) == contents(from_disk)
+    fingerprints = [[p.fingerprint for p in c] for c in (from_records, from_official, from_disk)]
+    assert fingerprints[0] == fingerprints[1] == fingerprints[2]
+    assert from_official == load_squad_json(official_path)
+    assert from_records == load_records(records_path)
+
+
+# ---------------------------------------------------------------- Hugging Face rows
+
+
+def test_load_hf_dataset_groups_rows_by_context_in_first_seen_order(tmp_path: Path) -> None:
+    datasets = pytest.importorskip("datasets")
+    rows = {
+        "id": ["1", "2", "3", "4", "5"],
+        "title": ["B", "A", "B", "C", "A"],
+        "context": ["ctx B", "ctx A", "ctx B", "ctx C", "ctx A"],
+        "question": ["b1?", "a1?", "b2?", "c1?", "a2?"],
+        "answers": [
+            {"text": ["x", "x", "y"], "answer_start": [0, 0, 2]},
+            {"text": ["a"], "answer_start": [0]},
+            {"text": ["z"], "answer_start": [1]},
+            {"text": [], "answer_start": []},  # unanswerable: passage C ends up empty
+            {"text": ["b"], "answer_start": [3]},
+        ],
+    }
+    path = tmp_path / "squad_rows"
+    datasets.Dataset.from_dict(rows).save_to_disk(str(path))
+
+    corpus = load_hf_dataset(str(path))
+
+    assert corpus.name == "squad_rows"
+    assert [p.context for p in corpus] == ["ctx B", "ctx A"]
+    assert [p.id for p in corpus] == ["squad_rows:0", "squad_rows:1"]
+    assert corpus[0].questions == (Question("b1?", ("x", "y")), Question("b2?", ("z",)))
+    assert [q.question for q in corpus[1].questions] == ["a1?", "a2?"]
+    assert corpus[1].title == "A"
+
+
+def test_load_hf_dataset_picks_split_of_saved_datasetdict(tmp_path: Path) -> None:
+    datasets = pytest.importorskip("datasets")
+    dd = datasets.DatasetDict(
+        {
+            "train": datasets.Dataset.from_dict(squad_rows(RECORDS[:1])),
+            "validation": datasets.Dataset.from_dict(squad_rows(RECORDS[1:])),
+        }
+    )
+    path = tmp_path / "dd"
+    dd.save_to_disk(str(path))
+
+    assert contents(load_hf_dataset(path, split="train")) == contents(
+        load_records(write_json(tmp_path / "a.json", RECORDS[:1]))
+    )
+    assert load_corpus(str(path))[0].title == "Warsaw"  # default split: validation
+    with pytest.raises(KeyError, match=r"splits \['train', 'validation'\], not 'test'"):
+        load_hf_dataset(path, split="test")
+
+
+def test_load_hf_dataset_requires_squad_columns(tmp_path: Path) -> None:
+    datasets = pytest.importorskip("datasets")
+    path = tmp_path / "bad"
+    datasets.Dataset.from_dict({"text": ["hello"]}).save_to_disk(str(path))
+    with pytest.raises(ValueError, match=r"lacks the column\(s\) \['context', 'question'"):
+        load_hf_dataset(path)
+
+
+def test_load_corpus_hf_prefix_goes_to_the_hub(monkeypatch: pytest.MonkeyPatch) -> None:
+    datasets = pytest.importorskip("datasets")
+    calls: list[tuple[str, str]] = []
+
+    def fake_load_dataset(path: str, split: str) -> Any:
+        calls.append((path, split))
+        return datasets.Dataset.from_dict(squad_rows(RECORDS))
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+
+    corpus = load_corpus("hf:someone/squadlike:train")
+    assert calls == [("someone/squadlike", "train")]
+    assert corpus.name == "someone/squadlike:train"
+    assert corpus[0].id == "someone/squadlike:train:0"
+    assert len(corpus) == 2
+
+    load_corpus("hf:rajpurkar/squad")
+    assert calls[-1] == ("rajpurkar/squad", "validation")
+
+
+# ---------------------------------------------------------------- select
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        (None, [0, 1, 2, 3, 4]),
+        ("0:2", [0, 1]),
+        (":2", [0, 1]),
+        ("3:", [3, 4]),
+        ("0:5", [0, 1, 2, 3, 4]),
+        ("0:5:2", [0, 2, 4]),
+        ("-2:", [3, 4]),
+        ("4", [4]),
+        (slice(1, 3), [1, 2]),
+        ([4, 0, 2], [4, 0, 2]),
+        ((1,), [1]),
+        ([-1], [4]),
+    ],
+)
+def test_select_specs(spec: Any, expected: list[int]) -> None:
+    corpus = make_corpus(5)
+    picked = corpus.select(spec)
+
+    assert isinstance(picked, Corpus)
+    assert [p.id for p in picked] == [f"toy:{i}" for i in expected]
+    assert len(picked) == len(expected)
+
+
+def test_select_names_the_subset_and_keeps_ids() -> None:
+    corpus = make_corpus(5)
+    picked = corpus.select("1:3")
+    assert picked.name == "toy[1:3]"
+    assert picked.by_id("toy:2") == corpus.by_id("toy:2")
+    assert corpus[1:3] == picked
+    assert corpus.select(None) == corpus
+
+
+@pytest.mark.parametrize("spec", ["0:6", "6:", "-6:", [5], [0, -6], "5"])
+def test_select_out_of_range_names_the_corpus_size(spec: Any) -> None:
+    corpus = make_corpus(5)
+    with pytest.raises(IndexError, match=r"corpus 'toy' with 5 passages"):
+        corpus.select(spec)
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("a:b", "Cannot parse selection 'a:b'"),
+        ("", "Empty selection string"),
+        ("1:2:3:4", "Cannot parse selection"),
+        ("3:1", "is empty"),
+        ([], "is empty"),
+        ([1, 1], "repeats an index"),
+    ],
+)
+def test_select_rejects_bad_specs(spec: Any, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        make_corpus(5).select(spec)
+
+
+def test_select_rejects_wrong_types() -> None:
+    corpus = make_corpus(3)
+    with pytest.raises(TypeError):
+        corpus.select(2.5)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        corpus.select([True])
+    with pytest.raises(TypeError, match="by_id"):
+        corpus["toy:0"]  # type: ignore[call-overload]
+
+
+def test_corpus_index_and_lookup_errors() -> None:
+    corpus = make_corpus(3)
+    with pytest.raises(IndexError, match="3 passages"):
+        corpus[3]
+    with pytest.raises(KeyError, match="no passage with id 'nope'"):
+        corpus.by_id("nope")
+    with pytest.raises(ValueError, match="would be empty"):
+        Corpus([], name="empty")
+    with pytest.raises(ValueError, match="share the id 'toy:0'"):
+        Corpus([corpus[0], corpus[0]], name="dup")
+
+
+# ---------------------------------------------------------------- records
+
+
+def test_question_and_passage_validate() -> None:
+    assert Question("Q?", ["a", "b"]).answers == ("a", "b")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="at least one non-empty string answer"):
+        Question("Q?", ())
+    with pytest.raises(ValueError, match="wrap it as"):
+        Question("Q?", "a")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="has no questions"):
+        Passage("p", "T", "C", ())
+
+
+def test_fingerprint_is_stable() -> None:
+    q = Question("Who won?", ("Denver Broncos", "Broncos"))
+    passage = Passage("demo:0", "Super Bowl 50", "The Denver Broncos won.", (q,))
+
+    fp = passage.fingerprint
+    assert len(fp) == 16 and int(fp, 16) >= 0
+    assert fp == passage.fingerprint
+    # Pinned: a change here silently invalidates every cache keyed on fingerprints.
+    assert fp == "fc4b9d42341bd512"
+    # Content-only: another id or corpus name gives the same key.
+    assert Passage("other:7", passage.title, passage.context, passage.questions).fingerprint == fp
+
+
+@pytest.mark.parametrize(
+    "changed",
+    [
+        Passage(
+            "demo:0",
+            "Super Bowl 51",
+            "The Denver Broncos won.",
+            (Question("Who won?", ("Denver Broncos", "Broncos")),),
+        ),
+        Passage(
+            "demo:0",
+            "Super Bowl 50",
+            "The Denver Broncos won!",
+            (Question("Who won?", ("Denver Broncos", "Broncos")),),
+        ),
+        Passage(
+            "demo:0",
+            "Super Bowl 50",
+            "The Denver Broncos won.",
+            (Question("Who lost?", ("Denver Broncos", "Broncos")),),
+        ),
+        Passage(
+            "demo:0",
+            "Super Bowl 50",
+            "The Denver Broncos won.",
+            (Question("Who won?", ("Denver Broncos",)),),
+        ),
+        Passage(
+            "demo:0",
+            "Super Bowl 50",
+            "The Denver Broncos won.",
+            (Question("Who won?", ("Broncos", "Denver Broncos")),),
+        ),
+        Passage(
+            "demo:0",
+            "Super Bowl 50",
+            "The Denver Broncos won.",
+            (
+                Question("Who won?", ("Denver Broncos", "Broncos")),
+                Question("Who won?", ("Denver Broncos", "Broncos")),
+            ),
+        ),
+        # Field boundaries matter: moving text between title and context changes the key.
+        Passage(
+            "demo:0",
+            "Super Bowl 50The",
+            " Denver Broncos won.",
+            (Question("Who won?", ("Denver Broncos", "Broncos")),),
+        ),
+    ],
+)
+def test_fingerprint_changes_with_content(changed: Passage) -> None:
+    assert changed.fingerprint != "fc4b9d42341bd512"
+
+
+@needs_real_squad
+def test_fingerprints_are_distinct_on_real_squad() -> None:
+    corpus = load_records(REAL_SQUAD)
+    assert len({p.fingerprint for p in corpus}) == len(corpus)
+
+
+# ---------------------------------------------------------------- errors
+
+
+def test_missing_file_names_path_and_formats(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere" / "corpus.json"
+    for load in (load_corpus, load_records, load_squad_json):
+        with pytest.raises(FileNotFoundError) as info:
+            load(str(missing))
+        message = str(info.value)
+        assert str(missing) in message
+        assert "records" in message and "official SQuAD" in message
+        assert "save_to_disk" in message and "hf:" in message
+
+
+def test_missing_source_that_looks_like_a_hub_id_hints_at_hf_prefix() -> None:
+    with pytest.raises(FileNotFoundError, match="write 'hf:rajpurkar/squad'"):
+        load_corpus("rajpurkar/squad")
+
+
+def test_missing_embedded_file_is_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(corpus_mod, "EMBEDDED_PATH", tmp_path / "data" / "corpus.json")
+    with pytest.raises(FileNotFoundError, match="corpus.json"):
+        load_corpus("embedded")
+
+
+@pytest.mark.parametrize(
+    ("records", "fragments"),
+    [
+        (
+            [RECORDS[0], {"title": "x", "questions": []}],
+            ["record 1", "missing the key 'context'"],
+        ),
+        (
+            [{"title": "x", "context": "c"}],
+            ["record 0", "missing the key 'questions'"],
+        ),
+        (
+            [RECORDS[0], RECORDS[1], {"title": "x", "context": "c", "questions": [{"q": "?"}]}],
+            ["record 2, question 0", "missing the key 'question'"],
+        ),
+        (
+            [{"title": "x", "context": "c", "questions": [{"question": "?"}]}],
+            ["record 0, question 0", "missing the key 'answers'"],
+        ),
+        (
+            [{"title": "x", "context": 3, "questions": []}],
+            ["record 0", "'context' must be a string"],
+        ),
+        (
+            ["just a string"],
+            ["record 0 must be a JSON object"],
+        ),
+        (
+            [{"title": "x", "context": "c", "questions": [{"question": "?", "answer": 5}]}],
+            ["record 0, question 0", "must be a string or a list of strings"],
+        ),
+    ],
+)
+def test_malformed_record_names_index_and_key(
+    tmp_path: Path, records: list[Any], fragments: list[str]
+) -> None:
+    path = write_json(tmp_path / "bad.json", records)
+    for load in (load_records, load_corpus):
+        with pytest.raises(ValueError) as info:
+            load(str(path))
+        for fragment in fragments:
+            assert fragment in str(info.value)
+
+
+def test_malformed_official_file_names_article_paragraph_and_key(tmp_path: Path) -> None:
+    official = {
+        "version": "1.1",
+        "data": [
+            {"title": "A", "paragraphs": [{"context": "c", "qas": []}, {"qas": []}]},
+        ],
+    }
+    path = write_json(tmp_path / "bad_official.json", official)
+    with pytest.raises(ValueError, match="article 0, paragraph 1 is missing the key 'context'"):
+        load_corpus(str(path))
+
+
+def test_wrong_loader_for_format_says_which_to_use(tmp_path: Path) -> None:
+    records_path = write_json(tmp_path / "rec.json", RECORDS)
+    official_path = write_json(tmp_path / "off.json", squad_official(RECORDS))
+    with pytest.raises(ValueError, match="use load_records"):
+        load_squad_json(records_path)
+    with pytest.raises(ValueError, match="use load_squad_json"):
+        load_records(official_path)
+
+
+def test_unrecognised_json_and_invalid_json(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="without a 'data' key"):
+        load_corpus(str(write_json(tmp_path / "odd.json", {"passages": []})))
+    broken = tmp_path / "broken.json"
+    broken.write_text('[{"title": ', encoding="utf-8")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        load_corpus(str(broken))

@@ -1,0 +1,21 @@
+"""Run every docstring example in the package, imported the way users import it."""
+
+import doctest
+import importlib
+
+import pytest
+
+MODULES = [
+    "selfedit.envs.templates",
+    "selfedit.envs.parsing",
+    "selfedit.envs.corpus",
+    "selfedit.envs.grading",
+]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_doctests(name: str) -> None:
+    module = importlib.import_module(name)
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0, f"{name} has no doctest"
+    assert result.failed == 0
