@@ -8,10 +8,12 @@ and every message says how to fix the value.
 from __future__ import annotations
 
 import difflib
+import types
+import typing
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
-__all__ = ["EnvConfig", "ConfigError", "check_keys", "field_help"]
+__all__ = ["EnvConfig", "ConfigError", "check_keys", "check_types", "field_help"]
 
 
 class ConfigError(ValueError):
@@ -78,6 +80,7 @@ class EnvConfig:
                                 "if they changed (0 = off; tests check it always)")
 
     def __post_init__(self) -> None:
+        check_types(self, where="env")
         positive = ("passages_per_step", "completions_per_passage", "completion_max_tokens",
                     "answer_max_tokens", "max_sequences", "max_seq_tokens",
                     "max_train_tokens", "micro_batch_size")
@@ -127,6 +130,56 @@ def check_keys(cls: type, raw: dict[str, Any], *, where: str) -> None:
             close = difflib.get_close_matches(str(key), known, n=1)
             hint = f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(known)}"
             raise ConfigError(f"unknown key '{where}.{key}'{hint}")
+
+
+def _type_ok(value: Any, hint: Any) -> bool:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, arg) for arg in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is Any:
+        return True
+    if origin is list:
+        (item,) = typing.get_args(hint) or (Any,)
+        return isinstance(value, list) and all(_type_ok(v, item) for v in value)
+    if origin is dict:
+        return isinstance(value, dict)
+    if hint is float:  # YAML writes 1e-3 as a string in some dialects; ints are fine floats
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _type_name(hint: Any) -> str:
+    text = str(hint).replace("typing.", "")
+    return getattr(hint, "__name__", text) if typing.get_origin(hint) is None else text
+
+
+def check_types(obj: Any, *, where: str) -> None:
+    """Check each field of a config dataclass against its annotation; name the bad key.
+
+    >>> from dataclasses import dataclass
+    >>> @dataclass
+    ... class C:
+    ...     rank: int = 1
+    >>> try:
+    ...     check_types(C(rank="8"), where="env")
+    ... except ConfigError as err:
+    ...     print(err)
+    env.rank must be int, got str '8'
+    """
+    hints = typing.get_type_hints(type(obj))
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        if f.default is None and value is None:
+            continue
+        if not _type_ok(value, hints[f.name]):
+            raise ConfigError(
+                f"{where}.{f.name} must be {_type_name(hints[f.name])}, got"
+                f" {type(value).__name__} {value!r}"
+            )
 
 
 def field_help(cls: type) -> list[tuple[str, str, str]]:

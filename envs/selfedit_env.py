@@ -320,7 +320,8 @@ class SelfEditEnv(gym.Env):
         hp, report = Hyperparameters.from_dict(hp_raw, policy=policy)  # type: ignore[arg-type]
         if hp.num_epochs == 0:
             raise TemplateError("a self-edit must train: num_epochs must be >= 1")
-        template = Template("", hp, include_passage=False, name="self-edit")
+        # The action is the data itself; the template only carries its hyperparameters.
+        template = Template("(self-edit given by the agent)", hp, name="self-edit")
         return template, sequences[: self.config.max_sequences], report
 
     # -- the work of a step -----------------------------------------------------------

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -157,7 +158,10 @@ class LoRAUpdate:
             bias="none",
             task_type="CAUSAL_LM",
         )
-        peft_model = get_peft_model(model, config)
+        with warnings.catch_warnings():
+            # peft probes a deprecated transformers attribute on every wrap: noise, not news.
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            peft_model = get_peft_model(model, config)
         try:
             start = time.perf_counter()
             self._train(peft_model, backend, sequences, hp, seed, stats)

@@ -9,6 +9,10 @@ MODULES = [
     "selfedit.envs.templates",
     "selfedit.envs.parsing",
     "selfedit.envs.corpus",
+    "selfedit.envs.config",
+    "selfedit.envs.selfedit_env",
+    "selfedit.envs.backend",
+    "selfedit.agents.registry",
     "selfedit.envs.grading",
 ]
 

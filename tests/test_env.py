@@ -1,0 +1,168 @@
+"""Real env steps on a tiny model built in the test: LoRA trains, answers change, base intact."""
+
+from __future__ import annotations
+
+import json
+
+import gymnasium
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+from selfedit.agents import HUMAN_BASELINES
+from selfedit.envs.config import ConfigError
+from selfedit.envs.selfedit_env import SelfEditEnv
+
+import selfedit  # noqa: F401 - registers selfedit/SQuAD-v0
+
+FAST = {"completion_max_tokens": 24, "answer_max_tokens": 8, "baseline_cache": None}
+
+
+def passage_template(**hp) -> str:
+    return json.dumps({"data_creation_instruction": "", "include_passage": True,
+                       "hyperparameters": {"lora_rank": 8, "learning_rate": 1e-2,
+                                           "num_epochs": 4, **hp}})
+
+
+@pytest.fixture()
+def env(tiny_backend):
+    return SelfEditEnv(backend=tiny_backend, **FAST)
+
+
+def test_check_env_passes(env) -> None:
+    check_env(env, skip_render_check=True)
+
+
+def test_gymnasium_make_with_kwargs(tiny_backend) -> None:
+    env = gymnasium.make("selfedit/SQuAD-v0", backend=tiny_backend, passages_per_step=2, **FAST)
+    obs, info = env.reset(seed=3)
+    assert obs["passage_ids"].shape == (2,)
+    assert env.observation_space.contains(obs)
+    assert len(info["passage_ids"]) == 2
+
+
+def test_step_trains_and_leaves_base_bit_identical(env) -> None:
+    env.reset(seed=0, options={"passage_ids": [0]})
+    before = env.base_checksum()
+    _, reward, terminated, truncated, info = env.step(passage_template())
+    assert terminated and not truncated
+    assert info["error"] is None
+    result = info["results"][0]
+    # The adapter learned the passage: loss fell and the answers are not the base answers.
+    assert result["update"]["loss_last"] < result["update"]["loss_first"]
+    assert result["answers"] != result["base_answers"]
+    assert result["update"]["optimizer_steps"] == 4
+    assert env.base_checksum() == before
+    # Everything the issue promises is in info.
+    for key in ("template", "accuracy", "base_accuracy", "gain", "normalized_gain",
+                "metrics", "base_metrics", "tokens", "timings"):
+        assert key in info
+    assert set(info["metrics"]) >= {"exact_match", "f1", "contains"}
+    assert reward == info["accuracy"]
+    assert info["tokens"]["train"] > 0
+
+
+def test_steps_are_deterministic_for_a_seed(env) -> None:
+    env.reset(seed=5)
+    _, r1, _, _, info1 = env.step(HUMAN_BASELINES["implications"].to_json())
+    env.reset(seed=5)
+    _, r2, _, _, info2 = env.step(HUMAN_BASELINES["implications"].to_json())
+    assert r1 == r2
+    a, b = info1["results"][0], info2["results"][0]
+    assert a["completion"] == b["completion"]
+    assert a["answers"] == b["answers"]
+    assert a["update"]["loss_last"] == b["update"]["loss_last"]
+
+
+@pytest.mark.parametrize(
+    ("action", "message"),
+    [
+        ("not json at all", "no JSON object"),
+        ('{"data_creation_instruction": "x", "hyperparameters": {"lora_rank": 4096}}',
+         "lora_rank must be between 1 and 256, got 4096"),
+        ('{"data_creation_instruction": "x", "hyperparameters": {"num_epochs": -1}}',
+         "num_epochs must be between"),
+        ('{"hyperparameters": {}}', "missing 'data_creation_instruction'"),
+        ("", "no JSON object"),
+        ("\x00\x07\u202e{", "no JSON object"),
+        (12345, "must be a JSON object"),
+    ],
+)
+def test_bad_actions_give_error_and_penalty(env, action, message: str) -> None:
+    env.reset(seed=0)
+    before = env.base_checksum()
+    obs, reward, terminated, _, info = env.step(action)
+    assert reward == env.config.invalid_reward < 0
+    assert terminated
+    assert message in info["error"]
+    assert env.observation_space.contains(obs)
+    assert env.base_checksum() == before
+
+
+def test_no_training_scores_the_base(env) -> None:
+    env.reset(seed=1)
+    _, reward, _, _, info = env.step(HUMAN_BASELINES["no_training"])
+    assert info["error"] is None
+    assert reward == info["base_accuracy"]
+    assert info["results"][0]["answers"] == info["results"][0]["base_answers"]
+    assert info["tokens"]["train"] == 0
+
+
+def test_several_passages_and_completions(tiny_backend) -> None:
+    env = SelfEditEnv(backend=tiny_backend, passages_per_step=2, completions_per_passage=2,
+                      **FAST)
+    env.reset(seed=0)
+    _, reward, _, _, info = env.step(HUMAN_BASELINES["implications"].to_json())
+    assert info["error"] is None
+    assert len(info["results"]) == 4
+    assert reward == pytest.approx(np.mean([r["accuracy"] for r in info["results"]]))
+    completions = [r["completion"] for r in info["results"]]
+    assert completions[0] != completions[1]  # sampled independently
+
+
+def test_self_edit_mode_shows_the_passage(tiny_backend) -> None:
+    env = SelfEditEnv(backend=tiny_backend, action_mode="self_edit", **FAST)
+    obs, _ = env.reset(seed=0, options={"passage_ids": [2]})
+    passage = env.corpus[2]
+    assert passage.context[:50] in obs["prompt"]
+    action = json.dumps({"sequences": [passage.context],
+                         "hyperparameters": {"num_epochs": 3, "learning_rate": 1e-2}})
+    _, _, _, _, info = env.step(action)
+    assert info["error"] is None
+    assert info["results"][0]["sequences"] == [passage.context]
+    assert info["results"][0]["update"]["optimizer_steps"] == 3
+
+
+def test_baseline_is_cached_on_disk(tiny_backend, tmp_path) -> None:
+    cfg = {**FAST, "baseline_cache": str(tmp_path)}
+    env = SelfEditEnv(backend=tiny_backend, **cfg)
+    env.reset(seed=0, options={"passage_ids": [0]})
+    env.step(HUMAN_BASELINES["no_training"])
+    files = list(tmp_path.glob("*.json"))
+    assert len(files) == 1
+    assert tiny_backend.fingerprint in files[0].name and "contains" in files[0].name
+    # A new env reads the file instead of answering again: poison the cached answers.
+    entry = json.loads(files[0].read_text())
+    entry["answers"] = ["from the cache"] * len(entry["answers"])
+    files[0].write_text(json.dumps(entry))
+    env2 = SelfEditEnv(backend=tiny_backend, **cfg)
+    env2.reset(seed=0, options={"passage_ids": [0]})
+    _, _, _, _, info = env2.step(HUMAN_BASELINES["no_training"])
+    assert info["results"][0]["base_answers"][0] == "from the cache"
+
+
+def test_archive_section_lists_best_and_worst(tiny_backend) -> None:
+    env = SelfEditEnv(backend=tiny_backend, archive_show=1, **FAST)
+    env.reset(seed=0)
+    env.step(HUMAN_BASELINES["no_training"])
+    obs, _ = env.reset(seed=1)
+    assert "Templates evaluated so far" in obs["prompt"]
+    assert '"num_epochs": 0' in obs["prompt"]
+
+
+def test_config_errors_name_the_key(tiny_backend) -> None:
+    with pytest.raises(ConfigError, match="did you mean 'passages_per_step'"):
+        SelfEditEnv(backend=tiny_backend, passage_per_step=2)
+    with pytest.raises(ConfigError, match="env.answer_max_tokens must be int"):
+        SelfEditEnv(backend=tiny_backend, answer_max_tokens="many")
+    with pytest.raises(ConfigError, match="only 24 passages"):
+        SelfEditEnv(backend=tiny_backend, passages_per_step=30)

@@ -1,0 +1,108 @@
+"""Run configuration: a typed dataclass loaded from YAML, with ``key=value`` overrides.
+
+``configs/*.yaml`` and the command line share one source of truth: the fields below (and
+:class:`~selfedit.envs.config.EnvConfig` under ``env``). Unknown keys and wrong types fail
+before any model is loaded, with the key named and the fix suggested.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from selfedit.envs.config import ConfigError, EnvConfig, check_keys, check_types
+
+__all__ = ["RunConfig", "apply_overrides", "load_config"]
+
+
+def _f(default: Any, help: str) -> Any:  # noqa: A002
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class RunConfig:
+    """One run: a set of agents stepped through the same env on the same passages."""
+
+    name: str = _f("run", "experiment name; the run writes to <output_dir>/<name>__<seed>__<time>")
+    seed: int = _f(0, "base seed; episode e of seed s resets the env with seed + 1000 * s + e")
+    seeds: int = _f(1, "how many seeds each (agent, passage group) is evaluated with")
+    episodes: int | None = _f(None, "episodes per agent and seed; null = one sweep over the "
+                              "passage selection in groups of env.passages_per_step")
+    agents: list[Any] = _f(None, "agents to run: baseline names (implications, rewrite, "
+                           "self_qa, passage, no_training) or mappings with 'type'")
+    output_dir: str = _f("results", "parent directory of run directories")
+    tensorboard: bool = _f(True, "write TensorBoard events under <run>/tb/<agent>")
+    log_answers: bool = _f(True, "keep answers, sequences and completions in steps.jsonl")
+    progress: bool = _f(True, "show a progress bar")
+    env: EnvConfig = field(default_factory=EnvConfig, metadata={"help": "env settings"})
+
+    def __post_init__(self) -> None:
+        if isinstance(self.env, dict):
+            self.env = EnvConfig.from_dict(self.env)
+        if self.agents is None:
+            self.agents = ["implications", "rewrite", "self_qa", "passage", "no_training"]
+        check_types(self, where="run")
+        if not self.agents:
+            raise ConfigError("agents is empty: list at least one agent")
+        if self.seeds < 1:
+            raise ConfigError(f"seeds must be >= 1, got {self.seeds}")
+        if self.episodes is not None and self.episodes < 1:
+            raise ConfigError(f"episodes must be >= 1 or null, got {self.episodes}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> RunConfig:
+        check_keys(cls, raw, where="run")
+        raw = dict(raw)
+        if "env" in raw:
+            raw["env"] = EnvConfig.from_dict(raw["env"] or {})
+        return cls(**raw)
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"cannot set {dotted}: {key} is not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key=value`` overrides (dotted keys; values parsed as YAML).
+
+    >>> apply_overrides({"env": {"passages": "0:8"}}, ["env.passages=0:2", "seeds=3"])
+    {'env': {'passages': '0:2'}, 'seeds': 3}
+    """
+    out = yaml.safe_load(yaml.safe_dump(raw)) or {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key=value (e.g. env.passages=0:4)")
+        key, text = item.split("=", 1)
+        value = yaml.safe_load(text) if text.strip() else None
+        if isinstance(value, str) and key.strip().endswith("passages"):
+            value = text.strip()  # '0:4' parses as a YAML sexagesimal int in some loaders
+        _set_dotted(out, key.strip(), value)
+    return out
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML config (or start from defaults), apply overrides, validate."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist (see configs/ for examples)")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of keys to values")
+    return RunConfig.from_dict(apply_overrides(raw, overrides or []))

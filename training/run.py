@@ -1,0 +1,254 @@
+"""The agent <-> env loop: config, env, agents, loop, save — top to bottom.
+
+``selfedit run --config configs/baselines_cpu.yaml`` lands here. Every (agent, seed,
+episode) is one env step with a stable key; a run directory records each finished step in
+``steps.jsonl`` the moment it ends, and ``--resume`` skips the keys already there.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from selfedit.agents.base import Agent
+from selfedit.agents.registry import make_agent
+from selfedit.envs.config import ConfigError
+from selfedit.envs.selfedit_env import SelfEditEnv
+from selfedit.training.config import RunConfig
+from selfedit.training.runlog import RunLogger, completed_keys, read_steps
+
+__all__ = ["AgentSummary", "Episode", "plan_episodes", "run", "summarize", "summary_table"]
+
+
+@dataclass(frozen=True)
+class Episode:
+    """One planned env step: which agent, seed, reset seed and passages."""
+
+    agent: str
+    seed_index: int
+    episode: int
+    reset_seed: int
+    passage_ids: tuple[int, ...] | None  # None: the env draws them from its reset seed
+
+    @property
+    def key(self) -> str:
+        return f"{self.agent}|s{self.seed_index}|e{self.episode}"
+
+
+def plan_episodes(cfg: RunConfig, agent_names: list[str], corpus_size: int) -> list[Episode]:
+    """Every agent gets the same passages and reset seeds: comparisons are paired.
+
+    With ``episodes`` unset, each seed sweeps the passage selection once in groups of
+    ``passages_per_step``; otherwise the env draws ``episodes`` groups from its reset seed.
+    """
+    k = cfg.env.passages_per_step
+    plan = []
+    for agent in agent_names:
+        for s in range(cfg.seeds):
+            if cfg.episodes is None:
+                groups: list[tuple[int, ...] | None] = [
+                    tuple(range(i, min(i + k, corpus_size)))
+                    for i in range(0, corpus_size - k + 1, k)
+                ]
+            else:
+                groups = [None] * cfg.episodes
+            for e, group in enumerate(groups):
+                reset_seed = cfg.seed + 1000 * s + e
+                plan.append(Episode(agent, s, e, reset_seed, group))
+    return plan
+
+
+def make_run_dir(cfg: RunConfig) -> Path:
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    run_dir = Path(cfg.output_dir) / f"{cfg.name}__{cfg.seed}__{stamp}"
+    run_dir.mkdir(parents=True, exist_ok=False)
+    return run_dir
+
+
+def _record(ep: Episode, reward: float, info: dict[str, Any], keep_text: bool) -> dict[str, Any]:
+    record = {
+        "key": ep.key,
+        "agent": ep.agent,
+        "seed_index": ep.seed_index,
+        "episode": ep.episode,
+        "reset_seed": ep.reset_seed,
+        "reward": reward,
+        **{k: v for k, v in info.items() if k != "results"},
+    }
+    results = info.get("results", [])
+    if not keep_text:
+        drop = {"completion", "sequences", "answers", "base_answers", "questions"}
+        results = [{k: v for k, v in r.items() if k not in drop} for r in results]
+    record["results"] = results
+    return record
+
+
+def _step_line(record: dict[str, Any]) -> str:
+    head = f"[{record['agent']}] s{record['seed_index']} e{record['episode']}"
+    ids = ",".join(record["passage_ids"])
+    if record.get("error"):
+        return f"{head} {ids}: reward {record['reward']:+.3f}  error: {record['error']}"
+    return (
+        f"{head} {ids}: reward {record['reward']:.3f}  base {record['base_accuracy']:.3f}"
+        f"  gain {record['gain']:+.3f}  f1 {record['metrics']['f1']:.3f}"
+        f"  ({record['timings']['step_s']:.1f}s)"
+    )
+
+
+def run(cfg: RunConfig, *, resume: Path | None = None, env: SelfEditEnv | None = None) -> Path:
+    """Run every agent of the config through the env; return the run directory."""
+    from tqdm.auto import tqdm
+
+    # 1. Agents first: a bad agent entry fails before the model loads.
+    agents: list[Agent] = [make_agent(spec) for spec in cfg.agents]
+    names = [a.name for a in agents]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"agent names must be unique, got {names}; give each a 'name'")
+
+    # 2. Run directory: new, or the one being resumed.
+    if resume is not None:
+        run_dir = Path(resume)
+        if not (run_dir / "config.yaml").is_file():
+            raise ConfigError(f"--resume {run_dir}: no config.yaml there; is it a run directory?")
+    else:
+        run_dir = make_run_dir(cfg)
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        (run_dir / "command.txt").write_text(" ".join(["selfedit", *sys.argv[1:]]) + "\n")
+    done = completed_keys(read_steps(run_dir / "steps.jsonl"))
+
+    # 3. Env: one model, shared by all agents.
+    env = env or SelfEditEnv(cfg.env)
+    plan = plan_episodes(cfg, names, len(env.corpus))
+    todo = [ep for ep in plan if ep.key not in done]
+
+    # 4. The loop.
+    by_name = dict(zip(names, agents, strict=True))
+    with RunLogger(run_dir, tensorboard=cfg.tensorboard) as log:
+        bar = tqdm(total=len(plan), initial=len(plan) - len(todo), disable=not cfg.progress,
+                   desc="steps", unit="step", dynamic_ncols=True)
+        for ep in todo:
+            agent = by_name[ep.agent]
+            options = {"passage_ids": list(ep.passage_ids)} if ep.passage_ids else None
+            obs, reset_info = env.reset(seed=ep.reset_seed, options=options)
+            action = agent.act(obs, reset_info)
+            obs, reward, _, _, info = env.step(action)
+            agent.observe(action, reward, info)
+            record = _record(ep, reward, info, cfg.log_answers)
+            log.log_step(record)
+            bar.update(1)
+            if cfg.progress:
+                bar.write(_step_line(record))
+            else:
+                print(_step_line(record), flush=True)
+        bar.close()
+
+        # 5. Summary: table per agent over every record of the run (resumed ones included).
+        records = read_steps(run_dir / "steps.jsonl")
+        summaries = summarize(records, names)
+        table = summary_table(summaries, grader=cfg.env.reward_grader)
+        log.write_json("summary.json", {
+            "agents": [s.__dict__ for s in summaries],
+            "reward_grader": cfg.env.reward_grader,
+            "machine": machine_description(),
+        })
+        log.write_text("table.md", table + "\n")
+    print(table)
+    print(f"\nrun directory: {run_dir}")
+    return run_dir
+
+
+@dataclass
+class AgentSummary:
+    """Means over an agent's steps (an invalid step counts with its penalty reward)."""
+
+    agent: str
+    steps: int
+    invalid: int
+    reward: float
+    reward_ci95: float  # half-width of a normal 95% interval over steps
+    base_accuracy: float
+    adapted_accuracy: float
+    gain: float
+    normalized_gain: float
+    exact_match: float
+    f1: float
+    contains: float
+    seconds_per_step: float
+
+
+def _mean(values: list[float]) -> float:
+    return float(np.mean(values)) if values else float("nan")
+
+
+def summarize(records: list[dict[str, Any]], agents: list[str]) -> list[AgentSummary]:
+    out = []
+    for name in agents:
+        rows = [r for r in records if r["agent"] == name]
+        ok = [r for r in rows if not r.get("error")]
+        rewards = [r["reward"] for r in rows]
+        ci = 1.96 * float(np.std(rewards, ddof=1)) / np.sqrt(len(rewards)) if len(rewards) > 1 else float("nan")
+        out.append(
+            AgentSummary(
+                agent=name,
+                steps=len(rows),
+                invalid=len(rows) - len(ok),
+                reward=_mean(rewards),
+                reward_ci95=ci,
+                base_accuracy=_mean([r["base_accuracy"] for r in ok]),
+                adapted_accuracy=_mean([r["accuracy"] for r in ok]),
+                gain=_mean([r["gain"] for r in ok]),
+                normalized_gain=_mean([r["normalized_gain"] for r in ok]),
+                exact_match=_mean([r["metrics"]["exact_match"] for r in ok]),
+                f1=_mean([r["metrics"]["f1"] for r in ok]),
+                contains=_mean([r["metrics"]["contains"] for r in ok]),
+                seconds_per_step=_mean([r["timings"]["step_s"] for r in rows]),
+            )
+        )
+    return out
+
+
+def summary_table(summaries: list[AgentSummary], *, grader: str) -> str:
+    """A Markdown table: one row per agent, accuracies under the reward grader."""
+    head = (
+        f"| agent | steps | reward ({grader}) ± 95% CI | base | adapted | gain | norm. gain "
+        "| EM | F1 | contains | invalid | s/step |\n"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    )
+    rows = [head]
+    for s in summaries:
+        ci = f" ± {s.reward_ci95:.3f}" if np.isfinite(s.reward_ci95) else ""
+        rows.append(
+            f"| {s.agent} | {s.steps} | {s.reward:.3f}{ci} | {s.base_accuracy:.3f} "
+            f"| {s.adapted_accuracy:.3f} | {s.gain:+.3f} | {s.normalized_gain:+.3f} "
+            f"| {s.exact_match:.3f} | {s.f1:.3f} | {s.contains:.3f} | {s.invalid} "
+            f"| {s.seconds_per_step:.1f} |"
+        )
+    return "\n".join(rows)
+
+
+def machine_description() -> dict[str, Any]:
+    import os
+
+    import torch
+
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+
+
+def load_run_config(run_dir: Path) -> RunConfig:
+    raw = yaml.safe_load((Path(run_dir) / "config.yaml").read_text())
+    return RunConfig.from_dict(raw)
+
