@@ -24,7 +24,8 @@ def _parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run agents through the env and write a results directory")
     run.add_argument("--config", type=Path, help="YAML config (see configs/)")
-    run.add_argument("--resume", type=Path, help="continue a run directory, skipping finished steps")
+    run.add_argument("--resume", type=Path,
+                     help="continue a run directory, skipping finished steps")
     run.add_argument("overrides", nargs="*", help="key=value overrides, e.g. env.passages=0:4")
 
     sub.add_parser("keys", help="list every config key with its default and help")
@@ -60,7 +61,9 @@ def main(argv: list[str] | None = None) -> int:
 
             if args.resume is not None:
                 if args.config or args.overrides:
-                    raise ConfigError("--resume uses the run's own config.yaml; drop --config and overrides")
+                    raise ConfigError(
+                        "--resume uses the run's own config.yaml; drop --config and overrides"
+                    )
                 if not (args.resume / "config.yaml").is_file():
                     raise ConfigError(f"--resume {args.resume}: no config.yaml there")
                 cfg = load_run_config(args.resume)

@@ -68,5 +68,6 @@ def recitation_report(source: str = "embedded", passages: str | None = None,
     labels = {"passage": "the whole passage", "sentence": "the sentence holding the answer",
               "gold": "the gold answer (sanity)"}
     for reciter, row in scores.items():
-        lines.append(f"| {labels[reciter]} | " + " | ".join(f"{row[g]:.3f}" for g in graders) + " |")
+        cells = " | ".join(f"{row[g]:.3f}" for g in graders)
+        lines.append(f"| {labels[reciter]} | {cells} |")
     return "\n".join(lines)

@@ -193,7 +193,9 @@ def summarize(records: list[dict[str, Any]], agents: list[str]) -> list[AgentSum
         rows = [r for r in records if r["agent"] == name]
         ok = [r for r in rows if not r.get("error")]
         rewards = [r["reward"] for r in rows]
-        ci = 1.96 * float(np.std(rewards, ddof=1)) / np.sqrt(len(rewards)) if len(rewards) > 1 else float("nan")
+        ci = float("nan")
+        if len(rewards) > 1:
+            ci = 1.96 * float(np.std(rewards, ddof=1)) / np.sqrt(len(rewards))
         out.append(
             AgentSummary(
                 agent=name,
