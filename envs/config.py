@@ -186,6 +186,11 @@ def field_help(cls: type) -> list[tuple[str, str, str]]:
     """(name, default, help) for every field, for docs and ``--help-config``."""
     rows = []
     for f in fields(cls):
-        default = f.default if f.default is not MISSING else "(required)"
+        if f.default is not MISSING:
+            default = f.default
+        elif f.default_factory is not MISSING:
+            default = f.default_factory()
+        else:
+            default = "(required)"
         rows.append((f.name, repr(default), f.metadata.get("help", "")))
     return rows

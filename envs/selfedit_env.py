@@ -13,6 +13,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
+
 from selfedit.envs import grading, prompts
 from selfedit.envs.backend import HFBackend, cache_root, weights_checksum
 from selfedit.envs.config import ConfigError, EnvConfig

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
+
 from selfedit.envs.templates import Hyperparameters
 
 __all__ = ["LoRAUpdate", "UpdateOperator", "UpdateStats"]

@@ -25,8 +25,9 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
 @pytest.fixture(scope="session")
 def smol_tokenizer(tmp_path_factory: pytest.TempPathFactory):
     """The SmolLM2 tokenizer (with its chat template), read from the embedded GGUF."""
-    from selfedit.envs.backend import embedded_gguf_path
     from transformers import AutoTokenizer
+
+    from selfedit.envs.backend import embedded_gguf_path
 
     gguf = embedded_gguf_path()
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from selfedit.envs import corpus as corpus_mod
 from selfedit.envs.corpus import (
     EMBEDDED_PATH,

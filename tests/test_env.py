@@ -8,11 +8,11 @@ import gymnasium
 import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
+
+import selfedit  # noqa: F401 - registers selfedit/SQuAD-v0
 from selfedit.agents import HUMAN_BASELINES
 from selfedit.envs.config import ConfigError
 from selfedit.envs.selfedit_env import SelfEditEnv
-
-import selfedit  # noqa: F401 - registers selfedit/SQuAD-v0
 
 FAST = {"completion_max_tokens": 24, "answer_max_tokens": 8, "baseline_cache": None}
 

@@ -8,6 +8,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+
 from selfedit.envs.grading import (
     GRADERS,
     LLMJudge,

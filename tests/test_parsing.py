@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from selfedit.envs.parsing import parse_self_edit, parse_sequences
 from selfedit.envs.templates import TemplateError
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
+
 from selfedit.envs.templates import (
     HP_RANGES,
     Hyperparameters,

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
 from selfedit.envs.config import ConfigError, EnvConfig, check_keys, check_types
 
 __all__ = ["RunConfig", "apply_overrides", "load_config"]
@@ -25,13 +26,17 @@ def _f(default: Any, help: str) -> Any:  # noqa: A002
 class RunConfig:
     """One run: a set of agents stepped through the same env on the same passages."""
 
-    name: str = _f("run", "experiment name; the run writes to <output_dir>/<name>__<seed>__<time>")
+    name: str = _f("run", "experiment name; the run writes to "
+                   "`<output_dir>/<name>__<seed>__<time>`")
     seed: int = _f(0, "base seed; episode e of seed s resets the env with seed + 1000 * s + e")
     seeds: int = _f(1, "how many seeds each (agent, passage group) is evaluated with")
     episodes: int | None = _f(None, "episodes per agent and seed; null = one sweep over the "
                               "passage selection in groups of env.passages_per_step")
-    agents: list[Any] = _f(None, "agents to run: baseline names (implications, rewrite, "
-                           "self_qa, passage, no_training) or mappings with 'type'")
+    agents: list[Any] = field(
+        default_factory=lambda: ["implications", "rewrite", "self_qa", "passage", "no_training"],
+        metadata={"help": "agents to run: baseline names (implications, rewrite, self_qa, "
+                  "passage, no_training) or mappings with 'type'"},
+    )
     output_dir: str = _f("results", "parent directory of run directories")
     tensorboard: bool = _f(True, "write TensorBoard events under <run>/tb/<agent>")
     log_answers: bool = _f(True, "keep answers, sequences and completions in steps.jsonl")
@@ -41,8 +46,6 @@ class RunConfig:
     def __post_init__(self) -> None:
         if isinstance(self.env, dict):
             self.env = EnvConfig.from_dict(self.env)
-        if self.agents is None:
-            self.agents = ["implications", "rewrite", "self_qa", "passage", "no_training"]
         check_types(self, where="run")
         if not self.agents:
             raise ConfigError("agents is empty: list at least one agent")

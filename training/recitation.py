@@ -17,6 +17,7 @@ import re
 from typing import Any
 
 import numpy as np
+
 from selfedit.envs import grading
 from selfedit.envs.corpus import Corpus, load_corpus
 

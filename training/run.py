@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import yaml
+
 from selfedit.agents.base import Agent
 from selfedit.agents.registry import make_agent
 from selfedit.envs.config import ConfigError
