@@ -15,16 +15,10 @@ from selfedit.agents.fixed import HUMAN_BASELINES, FixedTemplateAgent, human_bas
 from selfedit.envs.config import ConfigError
 from selfedit.envs.templates import Template, TemplateError
 
-__all__ = ["AGENT_TYPES", "make_agent", "register_agent"]
+__all__ = ["AGENT_KEYS", "AGENT_TYPES", "check_agent_spec", "make_agent", "register_agent"]
 
 
-def _fixed(spec: dict[str, Any]) -> Agent:
-    allowed = {"type", "name", "template", "baseline", "hyperparameters"}
-    unknown = set(spec) - allowed
-    if unknown:
-        raise ConfigError(
-            f"unknown key(s) {sorted(unknown)} for a fixed agent; use {sorted(allowed)}"
-        )
+def _fixed(spec: dict[str, Any], env: Any = None) -> Agent:
     try:
         if "template" in spec:
             template, _ = Template.from_dict(spec["template"])
@@ -35,16 +29,50 @@ def _fixed(spec: dict[str, Any]) -> Agent:
     return FixedTemplateAgent(template, name=spec.get("name"))
 
 
-AGENT_TYPES: dict[str, Callable[[dict[str, Any]], Agent]] = {"fixed": _fixed}
+# A factory takes the config entry and the env the agent will act in (for agents that need
+# its model, e.g. an LLM template writer in self mode, or its corpus size).
+AgentFactory = Callable[[dict[str, Any], Any], Agent]
+AGENT_TYPES: dict[str, AgentFactory] = {"fixed": _fixed}
+AGENT_KEYS: dict[str, set[str]] = {"fixed": {"template", "baseline", "hyperparameters"}}
 
 
-def register_agent(type_name: str, factory: Callable[[dict[str, Any]], Agent]) -> None:
-    """Make a new agent type available to configs (``{type: type_name, ...}``)."""
+def register_agent(type_name: str, factory: AgentFactory, keys: set[str]) -> None:
+    """Make a new agent type available to configs (``{type: type_name, ...}``).
+
+    ``keys`` are the config keys the type accepts besides ``type`` and ``name``; they are
+    checked by :func:`check_agent_spec` before any model loads.
+    """
     AGENT_TYPES[type_name] = factory
+    AGENT_KEYS[type_name] = set(keys)
 
 
-def make_agent(spec: str | dict[str, Any]) -> Agent:
-    """Build an agent from a config entry.
+def check_agent_spec(spec: str | dict[str, Any]) -> str:
+    """Validate a config entry without building anything; return the agent's name."""
+    if isinstance(spec, str):
+        if spec not in HUMAN_BASELINES:
+            raise ConfigError(
+                f"unknown agent {spec!r}: use a baseline name ({', '.join(HUMAN_BASELINES)})"
+                " or a mapping with 'type'"
+            )
+        return spec
+    if not isinstance(spec, dict):
+        raise ConfigError(f"an agent entry must be a name or a mapping, got {spec!r}")
+    kind = spec.get("type", "fixed")
+    if kind not in AGENT_TYPES:
+        raise ConfigError(f"unknown agent type {kind!r}; known: {', '.join(AGENT_TYPES)}")
+    allowed = AGENT_KEYS[kind] | {"type", "name"}
+    unknown = set(spec) - allowed
+    if unknown:
+        raise ConfigError(
+            f"unknown key(s) {sorted(unknown)} for a {kind} agent; use {sorted(allowed)}"
+        )
+    if kind == "fixed" and "name" not in spec:
+        return spec.get("baseline") or spec.get("template", {}).get("name") or "fixed"
+    return str(spec.get("name", kind))
+
+
+def make_agent(spec: str | dict[str, Any], env: Any = None) -> Agent:
+    """Build an agent from a config entry (``env``: the env it will act in, if it needs it).
 
     >>> make_agent("passage").name
     'passage'
@@ -52,16 +80,7 @@ def make_agent(spec: str | dict[str, Any]) -> Agent:
     ...             "hyperparameters": {"num_epochs": 5}}).template.hyperparameters.num_epochs
     5
     """
+    check_agent_spec(spec)
     if isinstance(spec, str):
-        if spec not in HUMAN_BASELINES:
-            raise ConfigError(
-                f"unknown agent {spec!r}: use a baseline name ({', '.join(HUMAN_BASELINES)})"
-                " or a mapping with 'type'"
-            )
         return FixedTemplateAgent(spec)
-    if not isinstance(spec, dict):
-        raise ConfigError(f"an agent entry must be a name or a mapping, got {spec!r}")
-    kind = spec.get("type", "fixed")
-    if kind not in AGENT_TYPES:
-        raise ConfigError(f"unknown agent type {kind!r}; known: {', '.join(AGENT_TYPES)}")
-    return AGENT_TYPES[kind](spec)
+    return AGENT_TYPES[spec.get("type", "fixed")](spec, env)

@@ -11,13 +11,12 @@ from __future__ import annotations
 import json
 import re
 
-from selfedit.envs.templates import TemplateError, extract_json
+from selfedit.envs.templates import TemplateError, extract_json, strip_think
 
 __all__ = ["parse_self_edit", "parse_sequences"]
 
 _MARKER = re.compile(r"^\s*(?:[-*\u2022]|\(?\d{1,3}[.):]|[a-zA-Z][.)])\s+")
 _BLANK = re.compile(r"\n\s*\n")
-_THINK = re.compile(r"<think>.*?(</think>|$)", re.DOTALL | re.IGNORECASE)
 
 
 def _clean(item: object) -> str:
@@ -48,7 +47,7 @@ def parse_sequences(
     >>> parse_sequences("Q: Who built it?\\nA: Ada Voss.\\n\\nQ: When?\\nA: In 1901.")
     ['Q: Who built it?\\nA: Ada Voss.', 'Q: When?\\nA: In 1901.']
     """
-    text = _THINK.sub("", completion or "").strip()
+    text = strip_think(completion or "").strip()
     items: list[str] = []
     if "[" in text:
         try:
@@ -82,7 +81,7 @@ def parse_self_edit(action: object) -> tuple[list[str], dict | None]:
     (['A fact about it.'], {'num_epochs': 2})
     """
     if isinstance(action, str):
-        stripped = _THINK.sub("", action).strip()
+        stripped = strip_think(action).strip()
         try:
             action = json.loads(stripped)
         except json.JSONDecodeError:

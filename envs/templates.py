@@ -30,6 +30,7 @@ __all__ = [
     "TemplateError",
     "extract_json",
     "parse_template",
+    "strip_think",
 ]
 
 
@@ -238,6 +239,11 @@ _THINK = re.compile(r"<think>.*?(</think>|$)", re.DOTALL | re.IGNORECASE)
 _FENCE = re.compile(r"```[a-zA-Z0-9_-]*\s*\n?(.*?)```", re.DOTALL)
 
 
+def strip_think(text: str) -> str:
+    """Drop ``<think>...</think>`` reasoning; an unclosed block hides the rest of the text."""
+    return _THINK.sub("", text)
+
+
 def extract_json(text: str, *, want: type = dict) -> Any:
     """Find the first JSON value of type ``want`` in LLM output.
 
@@ -251,7 +257,7 @@ def extract_json(text: str, *, want: type = dict) -> Any:
     """
     if not isinstance(text, str):
         raise TemplateError(f"expected a JSON string, got {type(text).__name__}")
-    text = _THINK.sub("", text)
+    text = strip_think(text)
     candidates = [m.group(1) for m in _FENCE.finditer(text)] + [text]
     opener = "{" if want is dict else "["
     decoder = json.JSONDecoder()

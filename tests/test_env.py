@@ -166,3 +166,24 @@ def test_config_errors_name_the_key(tiny_backend) -> None:
         SelfEditEnv(backend=tiny_backend, answer_max_tokens="many")
     with pytest.raises(ConfigError, match="only 24 passages"):
         SelfEditEnv(backend=tiny_backend, passages_per_step=30)
+
+
+def test_local_judge_as_reward_grader(tiny_backend) -> None:
+    env = SelfEditEnv(backend=tiny_backend, reward_grader="judge", **FAST)
+    env.reset(seed=0, options={"passage_ids": [0]})
+    _, reward, _, _, info = env.step(passage_template(num_epochs=1))
+    assert info["error"] is None
+    verdicts = info["results"][0]["verdicts"]["judge"]
+    assert len(verdicts) == len(env.corpus[0].questions)
+    assert set(verdicts) <= {0.0, 1.0}
+    assert reward == pytest.approx(float(np.mean(verdicts)))
+    assert "judge" in info["base_metrics"]
+
+
+def test_clamp_policy_evaluates_and_reports(tiny_backend) -> None:
+    env = SelfEditEnv(backend=tiny_backend, hyperparameter_policy="clamp", **FAST)
+    env.reset(seed=0)
+    _, _, _, _, info = env.step(passage_template(num_epochs=10**6, lora_rank=4096))
+    assert info["error"] is None
+    assert info["validation"]["clamped"]["num_epochs"] == (10**6, 50)
+    assert info["template"]["hyperparameters"]["lora_rank"] == 256

@@ -40,3 +40,16 @@ def test_passage_alone_beats_the_base_on_squad(tmp_path) -> None:
     assert env.base_checksum() == before
     assert np.mean(adapted) > np.mean(base)
     assert np.mean(f1) > np.mean(base_f1)
+
+
+def test_make_with_no_arguments_works_offline() -> None:
+    import gymnasium
+
+    import selfedit  # noqa: F401
+
+    env = gymnasium.make("selfedit/SQuAD-v0", baseline_cache=None)
+    obs, info = env.reset(seed=0)
+    assert env.observation_space.contains(obs)
+    _, reward, terminated, _, info = env.step(HUMAN_BASELINES["no_training"].to_json())
+    assert terminated and info["error"] is None
+    assert reward == info["base_accuracy"]

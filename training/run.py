@@ -19,7 +19,7 @@ import numpy as np
 import yaml
 
 from selfedit.agents.base import Agent
-from selfedit.agents.registry import make_agent
+from selfedit.agents.registry import check_agent_spec, make_agent
 from selfedit.envs.config import ConfigError
 from selfedit.envs.selfedit_env import SelfEditEnv
 from selfedit.training.config import RunConfig
@@ -107,9 +107,8 @@ def run(cfg: RunConfig, *, resume: Path | None = None, env: SelfEditEnv | None =
     """Run every agent of the config through the env; return the run directory."""
     from tqdm.auto import tqdm
 
-    # 1. Agents first: a bad agent entry fails before the model loads.
-    agents: list[Agent] = [make_agent(spec) for spec in cfg.agents]
-    names = [a.name for a in agents]
+    # 1. Agent entries first: a bad one fails before the model loads.
+    names = [check_agent_spec(spec) for spec in cfg.agents]
     if len(set(names)) != len(names):
         raise ConfigError(f"agent names must be unique, got {names}; give each a 'name'")
 
@@ -126,6 +125,7 @@ def run(cfg: RunConfig, *, resume: Path | None = None, env: SelfEditEnv | None =
 
     # 3. Env: one model, shared by all agents.
     env = env or SelfEditEnv(cfg.env)
+    agents: list[Agent] = [make_agent(spec, env) for spec in cfg.agents]
     plan = plan_episodes(cfg, names, len(env.corpus))
     todo = [ep for ep in plan if ep.key not in done]
 
