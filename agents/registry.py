@@ -84,3 +84,44 @@ def make_agent(spec: str | dict[str, Any], env: Any = None) -> Agent:
     if isinstance(spec, str):
         return FixedTemplateAgent(spec)
     return AGENT_TYPES[spec.get("type", "fixed")](spec, env)
+
+
+# --- LLM template writers ---
+_LLM_KEYS = {"model", "explore_ratio", "exploit_temperature", "explore_temperature",
+             "max_retries", "max_new_tokens", "prefix_json", "seed"}
+
+
+def _llm_agent(cls_name: str) -> AgentFactory:
+    def factory(spec: dict[str, Any], env: Any) -> Agent:
+        from selfedit.agents import llm
+
+        kwargs = {k: v for k, v in spec.items() if k not in ("type", "model")}
+        if spec.get("model"):  # separate mode: the policy is another model
+            from selfedit.envs.backend import HFBackend
+
+            backend = HFBackend(spec["model"])
+        elif env is not None:  # self mode: the env's own model writes the templates
+            backend = env.backend
+        else:
+            raise ConfigError(f"a {spec['type']} agent needs an env or a 'model' key")
+        try:
+            return getattr(llm, cls_name)(backend, **kwargs)
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"agent {spec.get('name', spec['type'])}: {err}") from None
+
+    return factory
+
+
+register_agent("metaprompt", _llm_agent("MetaPromptAgent"), _LLM_KEYS)
+register_agent("archive", _llm_agent("ArchiveAgent"), _LLM_KEYS | {"show", "seed_baselines"})
+register_agent("novelty", _llm_agent("NoveltyArchiveAgent"),
+               _LLM_KEYS | {"show", "seed_baselines", "novelty_weight", "k", "candidates"})
+
+
+# --- bandit agents ---
+from selfedit.agents import bandits as _bandits  # noqa: E402 - kept inside this block
+
+register_agent("ucb1", _bandits.ucb1_from_spec, keys=_bandits.UCB1_KEYS)
+register_agent("thompson", _bandits.thompson_from_spec, keys=_bandits.THOMPSON_KEYS)
+register_agent("evolution", _bandits.evolution_from_spec, keys=_bandits.EVOLUTION_KEYS)
+# --- end bandit agents ---

@@ -200,11 +200,13 @@ class HFBackend:
         top_p: float = 1.0,
         seed: int | None = None,
         max_prompt_tokens: int = 2048,
+        response_prefix: str = "",
     ) -> list[str]:
         """Complete each prompt; greedy when ``temperature`` is 0, seeded sampling otherwise.
 
         Prompts are batched with left padding; the returned texts exclude the prompt and
-        special tokens.
+        special tokens. ``response_prefix`` starts the model's reply (e.g. ``{"`` to steer
+        a small model into JSON) and is included in the returned text.
         """
         tok = self.tokenizer
         was_training = self.model.training
@@ -213,7 +215,7 @@ class HFBackend:
         if seed is not None:
             torch.manual_seed(seed)
         outputs: list[str] = []
-        texts = [self.format_prompt(p) for p in prompts]
+        texts = [self.format_prompt(p) + response_prefix for p in prompts]
         for start in range(0, len(texts), self.batch_size):
             batch = tok(
                 texts[start : start + self.batch_size],
@@ -233,4 +235,4 @@ class HFBackend:
             new = out[:, batch["input_ids"].shape[1] :]
             outputs.extend(tok.batch_decode(new, skip_special_tokens=True))
         self.model.train(was_training)
-        return [o.strip() for o in outputs]
+        return [(response_prefix + o).strip() for o in outputs]

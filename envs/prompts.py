@@ -67,20 +67,34 @@ def meta_prompt(archive: str = "") -> str:
     return text
 
 
-def archive_section(
-    best: Sequence[tuple[dict[str, Any], float]], worst: Sequence[tuple[dict[str, Any], float]]
-) -> str:
-    """Past templates with their scores, for archive-conditioned template writing."""
+ArchiveEntry = tuple[dict[str, Any], dict[str, float]]  # (template, {"accuracy": ..., ...})
+
+
+def archive_section(best: Sequence[ArchiveEntry], worst: Sequence[ArchiveEntry],
+                    heading: str = "Best") -> str:
+    """Past templates with their scores, for archive-conditioned template writing.
+
+    >>> print(archive_section([({"x": 1}, {"accuracy": 0.5, "evaluations": 2})], []))
+    Templates evaluated so far.
+    Best:
+    - accuracy 0.500, evaluations 2: {"x": 1}
+    Write a new template that improves on the best ones.
+    """
     import json
 
-    def block(items: Sequence[tuple[dict[str, Any], float]]) -> str:
-        return "\n".join(
-            f"- score {score:.3f}: {json.dumps(t, ensure_ascii=False)}" for t, score in items
-        )
+    def fmt(stats: dict[str, float]) -> str:
+        parts = []
+        for key, value in stats.items():
+            label = key.replace("_", " ")
+            parts.append(f"{label} {value:.3f}" if isinstance(value, float) else f"{label} {value}")
+        return ", ".join(parts)
+
+    def block(items: Sequence[ArchiveEntry]) -> str:
+        return "\n".join(f"- {fmt(s)}: {json.dumps(t, ensure_ascii=False)}" for t, s in items)
 
     parts = ["Templates evaluated so far."]
     if best:
-        parts.append("Best:\n" + block(best))
+        parts.append(f"{heading}:\n" + block(best))
     if worst:
         parts.append("Worst:\n" + block(worst))
     parts.append("Write a new template that improves on the best ones.")

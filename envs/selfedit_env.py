@@ -288,7 +288,9 @@ class SelfEditEnv(gym.Env):
         ranked = sorted(self._archive, key=lambda item: item[1], reverse=True)
         best = ranked[:n]
         worst = [x for x in ranked[::-1][:n] if x not in best]
-        return prompts.archive_section(best, worst)
+        return prompts.archive_section(
+            [(t, {"accuracy": a}) for t, a in best], [(t, {"accuracy": a}) for t, a in worst]
+        )
 
     def step(self, action: Any) -> tuple[dict[str, Any], float, bool, bool, dict[str, Any]]:
         if self._passage_idx is None:

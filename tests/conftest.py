@@ -22,6 +22,16 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     os.environ.setdefault("SELFEDIT_CACHE", str(Path.home() / ".cache" / "selfedit"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread() -> None:
+    """Tiny models run fastest on one thread, and do not fight other work for the cores.
+
+    (Measured while another process used the 135M model: a tiny env step took ~6 s with
+    two threads and 0.1-0.3 s with one.) The slow tests raise it again for the 135M model.
+    """
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="session")
 def smol_tokenizer(tmp_path_factory: pytest.TempPathFactory):
     """The SmolLM2 tokenizer (with its chat template), read from the embedded GGUF."""

@@ -31,10 +31,16 @@ def _run_dir(out: Path) -> Path:
 def test_run_writes_jsonl_tensorboard_and_table(tiny_model_dir, tmp_path, capsys) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    assert main(_args(tiny_model_dir, tmp_path)) == 0
+    assert main(_args(tiny_model_dir, tmp_path, "iteration_size=2")) == 0
     run_dir = _run_dir(tmp_path)
     records = read_steps(run_dir / "steps.jsonl")
     assert len(records) == 6  # 3 agents x 2 passages
+    iterations = read_steps(run_dir / "iterations.jsonl")
+    assert [i["agent"] for i in iterations] == ["implications", "passage", "no_training"]
+    for it in iterations:
+        assert it["collapse/templates"] == 2.0
+        assert it["collapse/hyperparameter_similarity"] == 1.0  # a fixed agent never varies
+        assert it["collapse/distinct_configs"] == 1.0
     for record in records:
         for key in ("key", "agent", "reward", "accuracy", "base_accuracy", "gain",
                     "normalized_gain", "metrics", "template", "timings", "tokens", "results"):
@@ -49,7 +55,8 @@ def test_run_writes_jsonl_tensorboard_and_table(tiny_model_dir, tmp_path, capsys
     events.Reload()
     scalars = set(events.Tags()["scalars"])
     assert {"reward/value", "accuracy/adapted", "accuracy/base", "metrics/f1",
-            "time/train_s", "hyperparameters/lora_rank"} <= scalars
+            "time/train_s", "hyperparameters/lora_rank",
+            "iteration/collapse/instruction_similarity"} <= scalars
     assert events.Scalars("reward/value")[-1].step == 1
     assert (run_dir / "config.yaml").is_file() and (run_dir / "table.md").is_file()
     summary = json.loads((run_dir / "summary.json").read_text())

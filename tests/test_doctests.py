@@ -12,7 +12,12 @@ MODULES = [
     "selfedit.envs.config",
     "selfedit.envs.selfedit_env",
     "selfedit.envs.backend",
+    "selfedit.envs.prompts",
     "selfedit.agents.registry",
+    "selfedit.agents.embedding",
+    "selfedit.agents.bandits",
+    "selfedit.training.collapse",
+    "selfedit.training.config",
     "selfedit.envs.grading",
 ]
 

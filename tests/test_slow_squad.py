@@ -22,6 +22,18 @@ pytestmark = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def _all_threads():
+    import os
+
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(os.cpu_count() or 1)
+    yield
+    torch.set_num_threads(before)
+
+
 def test_passage_alone_beats_the_base_on_squad(tmp_path) -> None:
     corpus = load_corpus(SQUAD).select("0:4")  # the first dev passages, fixed in advance
     env = SelfEditEnv(corpus=corpus, dtype="bfloat16", baseline_cache=str(tmp_path))

@@ -28,7 +28,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="continue a run directory, skipping finished steps")
     run.add_argument("overrides", nargs="*", help="key=value overrides, e.g. env.passages=0:4")
 
-    sub.add_parser("keys", help="list every config key with its default and help")
+    keys = sub.add_parser("keys", help="list every config key with its default and help")
+    keys.add_argument("--markdown", action="store_true", help="as the README's Markdown table")
 
     rec = sub.add_parser("recitation", help="score a model that recites the passage, per grader")
     rec.add_argument("--corpus", default="embedded", help="corpus source (default: embedded)")
@@ -37,9 +38,17 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _keys() -> str:
+def _keys(markdown: bool = False) -> str:
     from selfedit.training.config import RunConfig
 
+    if markdown:
+        rows = ["| key | default | meaning |", "|---|---|---|"]
+        for name, default, text in field_help(RunConfig):
+            if name != "env":
+                rows.append(f"| `{name}` | `{default}` | {text} |")
+        for name, default, text in field_help(EnvConfig):
+            rows.append(f"| `env.{name}` | `{default}` | {text} |")
+        return "\n".join(rows)
     lines = ["run keys:"]
     for name, default, text in field_help(RunConfig):
         if name != "env":
@@ -54,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "keys":
-            print(_keys())
+            print(_keys(args.markdown))
         elif args.command == "run":
             from selfedit.training.config import load_config
             from selfedit.training.run import load_run_config, run

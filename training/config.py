@@ -37,6 +37,8 @@ class RunConfig:
         metadata={"help": "agents to run: baseline names (implications, rewrite, self_qa, "
                   "passage, no_training) or mappings with 'type'"},
     )
+    iteration_size: int = _f(5, "an agent's steps per search iteration: exploration-collapse "
+                             "metrics and reward statistics are logged per iteration")
     output_dir: str = _f("results", "parent directory of run directories")
     tensorboard: bool = _f(True, "write TensorBoard events under <run>/tb/<agent>")
     log_answers: bool = _f(True, "keep answers, sequences and completions in steps.jsonl")
@@ -49,6 +51,8 @@ class RunConfig:
         check_types(self, where="run")
         if not self.agents:
             raise ConfigError("agents is empty: list at least one agent")
+        if self.iteration_size < 1:
+            raise ConfigError(f"iteration_size must be >= 1, got {self.iteration_size}")
         if self.seeds < 1:
             raise ConfigError(f"seeds must be >= 1, got {self.seeds}")
         if self.episodes is not None and self.episodes < 1:

@@ -8,6 +8,7 @@ episode) is one env step with a stable key; a run directory records each finishe
 from __future__ import annotations
 
 import datetime as dt
+import json
 import platform
 import sys
 import time
@@ -129,8 +130,12 @@ def run(cfg: RunConfig, *, resume: Path | None = None, env: SelfEditEnv | None =
     plan = plan_episodes(cfg, names, len(env.corpus))
     todo = [ep for ep in plan if ep.key not in done]
 
-    # 4. The loop.
+    # 4. The loop (agents resumed first: saved state, plus replay of steps it missed).
     by_name = dict(zip(names, agents, strict=True))
+    finished = read_steps(run_dir / "steps.jsonl")
+    for name, agent in by_name.items():
+        restore_agent(agent, run_dir, [r for r in finished if r["agent"] == name])
+    history = {name: [r for r in finished if r["agent"] == name] for name in names}
     with RunLogger(run_dir, tensorboard=cfg.tensorboard) as log:
         bar = tqdm(total=len(plan), initial=len(plan) - len(todo), disable=not cfg.progress,
                    desc="steps", unit="step", dynamic_ncols=True)
@@ -142,7 +147,15 @@ def run(cfg: RunConfig, *, resume: Path | None = None, env: SelfEditEnv | None =
             obs, reward, _, _, info = env.step(action)
             agent.observe(action, reward, info)
             record = _record(ep, reward, info, cfg.log_answers)
+            counts = getattr(agent, "counts", None)
+            if counts:
+                record["agent_counts"] = dict(counts)
             log.log_step(record)
+            mine = history[ep.agent]
+            mine.append(record)
+            save_agent(agent, run_dir, steps=len(mine))
+            if len(mine) % cfg.iteration_size == 0:
+                log.log_iteration(iteration_record(ep.agent, mine, cfg.iteration_size))
             bar.update(1)
             if cfg.progress:
                 bar.write(_step_line(record))
@@ -163,6 +176,71 @@ def run(cfg: RunConfig, *, resume: Path | None = None, env: SelfEditEnv | None =
     print(table)
     print(f"\nrun directory: {run_dir}")
     return run_dir
+
+
+def iteration_record(agent: str, records: list[dict[str, Any]], size: int) -> dict[str, Any]:
+    """Reward statistics and exploration-collapse metrics of an agent's latest iteration."""
+    from selfedit.training.collapse import collapse_metrics
+
+    block = records[-size:]
+    rewards = [r["reward"] for r in block]
+    templates = [r["template"] for r in block if r.get("template") and not r.get("error")]
+    out: dict[str, Any] = {
+        "agent": agent,
+        "iteration": len(records) // size - 1,
+        "steps": len(records),
+        "reward/mean": float(np.mean(rewards)),
+        "reward/max": float(np.max(rewards)),
+        "reward/best_so_far": float(max(r["reward"] for r in records)),
+        "reward/invalid": sum(1 for r in block if r.get("error")),
+    }
+    if templates:
+        out.update(collapse_metrics(templates, embedder=_collapse_embedder()))
+    return out
+
+
+_EMBEDDER: Any = None
+
+
+def _collapse_embedder() -> Any:
+    """One text embedder per process (MiniLM when installed), loaded on first use."""
+    global _EMBEDDER
+    if _EMBEDDER is None:
+        from selfedit.agents.embedding import default_text_embedder
+
+        _EMBEDDER = default_text_embedder()
+    return _EMBEDDER
+
+
+def _state_path(run_dir: Path, agent: Agent) -> Path:
+    return run_dir / "state" / f"{agent.name}.json"
+
+
+def save_agent(agent: Agent, run_dir: Path, *, steps: int) -> None:
+    """Write the agent's state after its ``steps``-th step (atomic rename)."""
+    from selfedit.training.runlog import to_jsonable
+
+    path = _state_path(run_dir, agent)
+    path.parent.mkdir(exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(to_jsonable({"steps": steps, "state": agent.state_dict()})))
+    tmp.replace(path)
+
+
+def restore_agent(agent: Agent, run_dir: Path, records: list[dict[str, Any]]) -> None:
+    """Load the saved state, then let the agent observe any recorded step it missed.
+
+    The step record is appended before the state is saved, so a kill between the two
+    leaves the state one step behind; replaying ``observe`` on the record closes the gap.
+    """
+    path = _state_path(run_dir, agent)
+    seen = 0
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        agent.load_state_dict(saved["state"])
+        seen = saved["steps"]
+    for record in records[seen:]:
+        agent.observe(record.get("template"), record["reward"], record)
 
 
 @dataclass

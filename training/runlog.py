@@ -46,12 +46,23 @@ def read_steps(path: Path) -> list[dict[str, Any]]:
     return records
 
 
+def _drop_torn_tail(path: Path) -> None:
+    """Cut a last line that a kill left unfinished, so the next append starts clean."""
+    if not path.is_file():
+        return
+    with path.open("rb+") as handle:
+        data = handle.read()
+        if data and not data.endswith(b"\n"):
+            handle.truncate(data.rfind(b"\n") + 1)
+
+
 class RunLogger:
     """Writes one run directory: steps.jsonl and TensorBoard events per agent."""
 
     def __init__(self, run_dir: Path, *, tensorboard: bool = True) -> None:
         self.run_dir = run_dir
         self.steps_path = run_dir / "steps.jsonl"
+        _drop_torn_tail(self.steps_path)
         self._file = self.steps_path.open("a", encoding="utf-8")
         self._tensorboard = tensorboard
         self._writers: dict[str, Any] = {}
@@ -99,6 +110,17 @@ class RunLogger:
                 w.add_scalar(f"hyperparameters/{name}", value, step)
             w.add_text("template", "```\n" + json.dumps(template, indent=1) + "\n```", step)
         w.flush()
+
+    def log_iteration(self, record: dict[str, Any]) -> None:
+        """One line per (agent, iteration) in iterations.jsonl, and scalars in TensorBoard."""
+        with (self.run_dir / "iterations.jsonl").open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(to_jsonable(record)) + "\n")
+        if self._tensorboard:
+            w = self._writer(record["agent"])
+            for key, value in record.items():
+                if "/" in key:
+                    w.add_scalar(f"iteration/{key}", value, record["iteration"])
+            w.flush()
 
     def write_json(self, name: str, payload: Any) -> Path:
         path = self.run_dir / name
