@@ -260,7 +260,7 @@ def extract_json(text: str, *, want: type = dict) -> Any:
     text = strip_think(text)
     candidates = [m.group(1) for m in _FENCE.finditer(text)] + [text]
     opener = "{" if want is dict else "["
-    decoder = json.JSONDecoder()
+    decoder = json.JSONDecoder(strict=False)  # LLMs put raw newlines inside strings
     for chunk in candidates:
         start = chunk.find(opener)
         while start != -1:

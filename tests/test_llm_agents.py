@@ -11,7 +11,7 @@ from selfedit.envs.selfedit_env import SelfEditEnv
 from selfedit.envs.templates import Hyperparameters, Template
 
 FAST = {"completion_max_tokens": 12, "answer_max_tokens": 6, "baseline_cache": None}
-QUICK = {"max_new_tokens": 24, "max_retries": 2}
+QUICK = {"max_new_tokens": 24, "max_retries": 4}
 
 
 @pytest.fixture()
@@ -35,11 +35,11 @@ def test_metaprompt_agent_proposals_and_counts(env) -> None:
     infos = _loop(env, agent, 3)
     assert agent.counts["proposals"] == 3
     assert agent.counts["attempts"] >= 3
-    valid = [i for i in infos if i["error"] is None]
-    # Every proposal is either a valid template (evaluated) or the model's raw reply after
-    # the retries ran out (penalised by the env and counted by the agent).
-    assert len(valid) + agent.counts["gave_up"] == 3
-    assert agent.counts["invalid_outputs"] <= agent.counts["attempts"]
+    # Even a random tiny model's replies become valid templates: the reply starts inside
+    # the JSON object, truncated objects are closed, and bad replies are retried.
+    assert all(i["error"] is None for i in infos), [i["error"] for i in infos]
+    assert agent.counts["gave_up"] == 0
+    assert agent.counts["attempts"] == 3 + agent.counts["invalid_outputs"]
 
 
 def test_batched_proposals_use_one_generate_call_per_setting(env) -> None:
@@ -61,7 +61,8 @@ def test_batched_proposals_use_one_generate_call_per_setting(env) -> None:
 def test_archive_agent_seeds_with_measured_baselines_then_shows_best_and_worst(env) -> None:
     agent = ArchiveAgent(env.backend, seed=0, seed_baselines=["passage", "no_training"],
                          **QUICK)
-    infos = _loop(env, agent, 3)
+    infos = _loop(env, agent, 4)
+    assert all(i["error"] is None for i in infos)
     assert infos[0]["template"]["include_passage"] is True  # the seeds come first
     assert infos[1]["template"]["hyperparameters"]["num_epochs"] == 0
     assert len(agent.archive) >= 2
@@ -109,6 +110,14 @@ def test_novelty_prefers_a_novel_template_over_a_near_duplicate(env) -> None:
     assert ranks == [4, 32]
     # A candidate next to an archived template loses to one in an empty region.
     assert agent.choose([_t(32, 10), _t(64, 20)]).hyperparameters.lora_rank == 64
+
+
+def test_novelty_agent_runs_against_the_env(env) -> None:
+    agent = NoveltyArchiveAgent(env.backend, seed=0, seed_baselines=["passage"], candidates=2,
+                                **QUICK)
+    infos = _loop(env, agent, 3)
+    assert all(i["error"] is None for i in infos)
+    assert len(agent.archive) >= 2
 
 
 def test_registry_builds_llm_agents_in_self_mode(env) -> None:

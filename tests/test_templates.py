@@ -72,6 +72,11 @@ def test_bad_templates_say_what_to_fix(raw: dict, message: str) -> None:
         parse_template(raw)
 
 
+def test_raw_newlines_inside_strings_are_accepted() -> None:
+    template, _ = parse_template('{"data_creation_instruction": "List facts.\nOne per line."}')
+    assert template.data_creation_instruction == "List facts.\nOne per line."
+
+
 def test_no_json_at_all() -> None:
     with pytest.raises(TemplateError, match="no JSON object"):
         parse_template("I would list the implications.")
