@@ -3,11 +3,14 @@
     selfedit run --config configs/baselines_cpu.yaml [key=value ...] [--resume RUN_DIR]
     selfedit keys                      # every config key with its default and help
     selfedit recitation [--corpus ...] # how much reciting the passage scores per grader
+    selfedit benchmark --config configs/benchmark_cpu.yaml [key=value ...] [--force]
+    selfedit benchmark --resume results/benchmark_cpu   # finish a killed benchmark
 """
 
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
@@ -35,7 +38,72 @@ def _parser() -> argparse.ArgumentParser:
     rec.add_argument("--corpus", default="embedded", help="corpus source (default: embedded)")
     rec.add_argument("--passages", default=None, help="selection, e.g. 0:20")
     rec.add_argument("--output", type=Path, help="write the table here (Markdown)")
+    rec.add_argument("--judge", default=None,
+                     help="also score with an LLM judge: a model for a local judge ('embedded',"
+                     " a path or hub id) or an OpenAI-compatible base URL (http...)")
+    rec.add_argument("--judge-model", default="gpt-4.1", help="model name for an endpoint judge")
+
+    bench = sub.add_parser(
+        "benchmark", help="agents side by side on equal budgets: table with CIs, paired "
+        "tests, noise, plots, report in <output_dir>/<name>/",
+        description="Run every agent of the config on the same passages and seeds with the "
+        "same budget of env evaluations; write report.md, table.csv, comparisons.csv, "
+        "summary.json, plots/*.png and TensorBoard runs to <output_dir>/<name>/.",
+        epilog=_benchmark_keys(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    bench.add_argument("--config", type=Path, help="YAML config (configs/benchmark_*.yaml)")
+    bench.add_argument("--resume", type=Path, metavar="DIR",
+                       help="finish a benchmark directory with its own config, keeping "
+                       "finished steps")
+    bench.add_argument("--force", action="store_true",
+                       help="delete an existing benchmark directory of the same name first")
+    bench.add_argument("--report-only", type=Path, metavar="DIR",
+                       help="rebuild the report and plots of a benchmark directory from its "
+                       "records (no model is loaded)")
+    bench.add_argument("overrides", nargs="*", help="key=value overrides, e.g. noise_repeats=2")
     return parser
+
+
+def _benchmark_keys() -> str:
+    from selfedit.training.benchmark import BenchmarkConfig
+
+    lines = ["benchmark keys (besides every key of `selfedit keys`):"]
+    for name, default, text in field_help(BenchmarkConfig):
+        if name != "run":
+            lines.append(f"  {name} = {default}\n      {text}")
+    return "\n".join(lines)
+
+
+def _benchmark(args: argparse.Namespace, argv: list[str]) -> int:
+    from selfedit.training.benchmark import (
+        BudgetError,
+        benchmark,
+        load_benchmark_config,
+        write_report,
+    )
+
+    try:
+        if args.report_only is not None:
+            if args.config or args.overrides or args.resume or args.force:
+                raise ConfigError("--report-only reads the directory's own records and config;"
+                                  " drop the other options")
+            print(f"report: {write_report(args.report_only)}")
+            return 0
+        command = shlex.join(["selfedit", *argv])
+        if args.resume is not None:
+            if args.config or args.overrides or args.force:
+                raise ConfigError("--resume uses the directory's own benchmark.yaml; drop "
+                                  "--config, --force and overrides")
+            cfg = load_benchmark_config(args.resume / "benchmark.yaml")
+            benchmark(cfg, resume=args.resume, command=command)
+        else:
+            if args.config is None:
+                raise ConfigError("give --config configs/benchmark_<...>.yaml (or --resume DIR)")
+            cfg = load_benchmark_config(args.config, args.overrides)
+            benchmark(cfg, force=args.force, command=command)
+    except BudgetError as err:
+        print(f"selfedit: error: {err}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def _keys(markdown: bool = False) -> str:
@@ -59,6 +127,17 @@ def _keys(markdown: bool = False) -> str:
     return "\n".join(lines)
 
 
+def _judge(where: str, model: str) -> object:
+    from selfedit.envs.grading import LLMJudge
+
+    if where.startswith(("http://", "https://")):
+        return LLMJudge(base_url=where, model=model)
+    from selfedit.envs.backend import HFBackend
+
+    backend = HFBackend(where)
+    return LLMJudge(generate=lambda texts, n: backend.generate(texts, max_new_tokens=n))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -79,10 +158,13 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 cfg = load_config(args.config, args.overrides)
             run(cfg, resume=args.resume)
+        elif args.command == "benchmark":
+            return _benchmark(args, list(argv) if argv is not None else sys.argv[1:])
         elif args.command == "recitation":
             from selfedit.training.recitation import recitation_report
 
-            table = recitation_report(args.corpus, args.passages)
+            judge = _judge(args.judge, args.judge_model) if args.judge else None
+            table = recitation_report(args.corpus, args.passages, judge=judge)
             print(table)
             if args.output:
                 args.output.parent.mkdir(parents=True, exist_ok=True)
