@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,10 +26,13 @@ from typing import Any
 
 import torch
 
+from selfedit.envs.config import ConfigError
+
 __all__ = [
     "EMBEDDED_MODEL",
     "HFBackend",
     "cache_root",
+    "check_model_source",
     "embedded_gguf_path",
     "resolve_model_path",
     "weights_checksum",
@@ -83,11 +87,50 @@ def _convert_gguf(gguf: Path, out_dir: Path) -> None:
     tmp.rename(out_dir)  # atomic: a half-written conversion is never picked up
 
 
-def resolve_model_path(model: str | os.PathLike[str]) -> str:
-    """Map ``model`` to something ``from_pretrained`` loads without a quant marker.
+def _first_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0] if lines else ''}".rstrip(": ")
 
-    ``"embedded"`` -> the bundled SmolLM2 GGUF; a ``.gguf`` file -> converted once into the
-    cache; a directory -> itself; anything else is passed on as a hub id.
+
+def _check_model_dir(path: Path) -> None:
+    config = path / "config.json"
+    if not config.is_file():
+        raise FileNotFoundError(
+            f"model directory {path} has no config.json: point model at a directory"
+            " written by save_pretrained, a .gguf file, or a hub id"
+        )
+    try:
+        data = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ConfigError(
+            f"model directory {path}: config.json is not valid JSON ({_first_line(err)});"
+            " re-save the model with save_pretrained"
+        ) from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"model directory {path}: config.json does not hold a JSON object;"
+                          " re-save the model with save_pretrained")
+    from safetensors import safe_open
+
+    for weights in sorted(path.glob("*.safetensors")):
+        try:  # reads the header only: cheap, and catches truncated or garbage files
+            with safe_open(str(weights), framework="pt"):
+                pass
+        except Exception as err:  # noqa: BLE001 - any failure means the file is unusable
+            raise ConfigError(
+                f"model weights {weights} cannot be read ({_first_line(err)}); re-save the"
+                " model with save_pretrained"
+            ) from None
+
+
+def check_model_source(model: str | os.PathLike[str]) -> None:
+    """Cheap checks that ``model`` can be loaded, run before any expensive work.
+
+    Reads no weights: the magic bytes of a ``.gguf`` file; the ``config.json`` and the
+    safetensors headers of a directory. A hub id is left to the loader.
+
+    Raises:
+        FileNotFoundError: the path does not exist (the message names it).
+        ConfigError: the path exists but is not a loadable model (named, with what to do).
     """
     model = str(model)
     if model == EMBEDDED_MODEL:
@@ -99,21 +142,46 @@ def resolve_model_path(model: str | os.PathLike[str]) -> str:
     else:
         path = Path(model).expanduser()
         if path.is_dir():
-            if not (path / "config.json").is_file():
-                raise FileNotFoundError(
-                    f"model directory {path} has no config.json: point model at a directory"
-                    " written by save_pretrained, a .gguf file, or a hub id"
-                )
-            return str(path)
-        if model.startswith((".", "/", "~")):
+            _check_model_dir(path)
+        elif model.startswith((".", "/", "~")):
             raise FileNotFoundError(f"model path {path} does not exist")
-        return model  # hub id
+        return
+    with gguf.open("rb") as handle:
+        magic = handle.read(4)
+    if magic != b"GGUF":
+        raise ConfigError(
+            f"model file {gguf} is not a GGUF file (it does not start with b'GGUF');"
+            " re-download it, or set env.model to a directory or hub id"
+        )
+
+
+def resolve_model_path(model: str | os.PathLike[str]) -> str:
+    """Map ``model`` to something ``from_pretrained`` loads without a quant marker.
+
+    ``"embedded"`` -> the bundled SmolLM2 GGUF; a ``.gguf`` file -> converted once into the
+    cache; a directory -> itself; anything else is passed on as a hub id.
+    """
+    model = str(model)
+    check_model_source(model)
+    if model == EMBEDDED_MODEL:
+        gguf = embedded_gguf_path()
+    elif model.endswith(".gguf"):
+        gguf = Path(model).expanduser()
+    else:
+        path = Path(model).expanduser()
+        return str(path) if path.is_dir() else model  # a directory, or a hub id
     stat = gguf.stat()
     key = hashlib.sha256(f"{gguf.resolve()}:{stat.st_size}".encode()).hexdigest()[:12]
     out = cache_root() / "models" / f"{gguf.stem}-{key}"
     if not (out / "config.json").is_file():
         out.parent.mkdir(parents=True, exist_ok=True)
-        _convert_gguf(gguf, out)
+        try:
+            _convert_gguf(gguf, out)
+        except (OSError, ValueError, KeyError, RuntimeError) as err:
+            raise ConfigError(
+                f"model file {gguf} could not be read as a GGUF model ({_first_line(err)});"
+                " re-download it"
+            ) from err
     return str(out)
 
 
@@ -169,14 +237,32 @@ class HFBackend:
         else:
             self.name = str(model)
             path = resolve_model_path(model)
-            self.tokenizer = tokenizer or AutoTokenizer.from_pretrained(path)
-            self.model = AutoModelForCausalLM.from_pretrained(path, dtype=_DTYPES[dtype])
+            try:
+                self.tokenizer = tokenizer or AutoTokenizer.from_pretrained(path)
+                self.model = AutoModelForCausalLM.from_pretrained(path, dtype=_DTYPES[dtype])
+            except (OSError, ValueError, KeyError, RuntimeError) as err:
+                # One line naming the model and the path, not a transformers traceback.
+                raise ConfigError(
+                    f"cannot load model {self.name!r} from {path}: {_first_line(err)}"
+                ) from err
         self.model.to(self.device).eval()
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.batch_size = batch_size
         self.chat = chat and getattr(self.tokenizer, "chat_template", None) is not None
         self.fingerprint = f"{Path(self.name).name}-{weights_checksum(self.model)[:12]}"
+
+    def refresh(self, tag: str | None = None) -> str:
+        """Recompute ``fingerprint`` after the weights changed in place; return it.
+
+        Baseline caches are keyed by the fingerprint, so a policy update in self mode (issue
+        4: the env's model *is* the policy) must call this, or the old model's baselines are
+        served. ``tag`` names the new weights without hashing them (cheap for a 7B model,
+        e.g. ``"run-step12"``); the caller must make it unique to those weights.
+        """
+        suffix = weights_checksum(self.model)[:12] if tag is None else tag
+        self.fingerprint = f"{Path(self.name).name}-{suffix}"
+        return self.fingerprint
 
     # -- text -------------------------------------------------------------------------
     def format_prompt(self, prompt: str) -> str:

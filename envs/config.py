@@ -64,10 +64,15 @@ class EnvConfig:
     completion_temperature: float = _f(0.7, "sampling temperature of completions (0 = greedy)")
     answer_max_tokens: int = _f(24, "max new tokens per answer (short answers, greedy)")
     max_sequences: int = _f(64, "training sequences kept per completion")
-    max_seq_tokens: int = _f(512, "tokens kept per training sequence")
+    max_seq_tokens: int = _f(512, "tokens kept per training sequence (never more than the "
+                             "model's context, max_position_embeddings)")
     max_train_tokens: int = _f(200_000, "budget of training tokens (sequences x epochs) per "
                                "update; further epochs are skipped and reported")
     max_train_seconds: float = _f(600.0, "wall-clock budget per update")
+    max_step_seconds: float = _f(1800.0, "wall-clock budget per step, across its passages and "
+                                 "completions: pairs not started when it is spent are "
+                                 "skipped and reported in info['budget']; the reward is "
+                                 "the mean over the pairs evaluated")
     micro_batch_size: int = _f(4, "sequences per forward pass in LoRA training")
     target_modules: list[str] = _f(None, "modules that get LoRA weights; null = all attention "
                                    "and MLP projections")
@@ -80,6 +85,11 @@ class EnvConfig:
                                 "if they changed (0 = off; tests check it always)")
 
     def __post_init__(self) -> None:
+        if isinstance(self.passages, int) and not isinstance(self.passages, bool):
+            raise ConfigError(
+                f"env.passages must be a slice like '6:24' in quotes, a list, or null; got"
+                f" the number {self.passages} (YAML reads an unquoted 6:24 as a number)"
+            )
         check_types(self, where="env")
         positive = ("passages_per_step", "completions_per_passage", "completion_max_tokens",
                     "answer_max_tokens", "max_sequences", "max_seq_tokens",
@@ -109,8 +119,10 @@ class EnvConfig:
         if not 0 <= self.completion_temperature <= 5:
             raise ConfigError("completion_temperature must be between 0 and 5, got "
                               f"{self.completion_temperature!r}")
-        if self.max_train_seconds <= 0:
-            raise ConfigError("max_train_seconds must be > 0")
+        for name in ("max_train_seconds", "max_step_seconds"):
+            value = getattr(self, name)
+            if not value > 0:  # also rejects NaN
+                raise ConfigError(f"{name} must be a number of seconds > 0, got {value!r}")
         if self.archive_show < 0 or self.verify_base_every < 0:
             raise ConfigError("archive_show and verify_base_every must be >= 0")
 

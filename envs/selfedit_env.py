@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 import traceback
 from collections.abc import Iterator, Mapping
@@ -22,7 +23,7 @@ from selfedit.envs.parsing import parse_self_edit, parse_sequences
 from selfedit.envs.templates import Hyperparameters, Template, TemplateError, parse_template
 from selfedit.envs.update import LoRAUpdate, UpdateOperator, UpdateStats
 
-__all__ = ["CHARSET", "PassageResult", "SelfEditEnv"]
+__all__ = ["CHARSET", "PassageResult", "SelfEditEnv", "load_env_corpus", "select_passages"]
 
 # Text spaces check every character against a charset: declare all printable characters of
 # the Basic Multilingual Plane (SQuAD has accents, dashes, CJK) plus newline and tab.
@@ -143,8 +144,11 @@ class SelfEditEnv(gym.Env):
     Mean accuracy over the step's (passage, completion) evaluations under ``reward_grader``
     (default ``contains``: a gold answer inside the first sentence of a short answer). An
     action that cannot be evaluated gets ``invalid_reward`` (default -0.1) and
-    ``info["error"]``. ``info`` also carries base accuracy, gain, normalized gain, every
-    cheap grader's metric, answers, verdicts, training sequences, token counts and timings.
+    ``info["error"]``. When ``max_step_seconds`` is spent, the pairs not yet started are
+    skipped and the reward is the mean over those evaluated; ``info["budget"]`` lists every
+    budget or cap that cut the step short. ``info`` also carries base accuracy, gain,
+    normalized gain, every cheap grader's metric, answers, verdicts, training sequences,
+    token counts and timings.
 
     ## Starting State
     ``reset`` draws ``passages_per_step`` distinct passages with ``self.np_random``, or takes
@@ -180,9 +184,8 @@ class SelfEditEnv(gym.Env):
             overrides["corpus"] = corpus
         base.update(overrides)
         self.config = cfg = EnvConfig.from_dict(base)
-        self.corpus = (corpus if isinstance(corpus, Corpus) else load_corpus(cfg.corpus)).select(
-            cfg.passages
-        )
+        full = corpus if isinstance(corpus, Corpus) else load_env_corpus(cfg.corpus)
+        self.corpus = select_passages(full, cfg.passages)
         if cfg.passages_per_step > len(self.corpus):
             raise ConfigError(
                 f"passages_per_step={cfg.passages_per_step} but the corpus selection has only"
@@ -297,12 +300,16 @@ class SelfEditEnv(gym.Env):
             raise gym.error.ResetNeeded("call reset() before step()")
         start = time.perf_counter()
         step_seed = int(self.np_random.integers(2**31 - 1))
-        info: dict[str, Any] = {"passage_ids": [self.corpus[i].id for i in self._passage_idx]}
+        budget: list[str] = []  # budgets and caps that cut the step short, in words
+        info: dict[str, Any] = {
+            "passage_ids": [self.corpus[i].id for i in self._passage_idx],
+            "budget": budget,
+        }
         try:
-            template, sequences, report = self._parse_action(action)
+            template, sequences, report = self._parse_action(action, budget)
             info["template"] = template.to_dict() if template else None
             info["validation"] = report
-            results = self._evaluate(template, sequences, step_seed)
+            results = self._evaluate(template, sequences, step_seed, start, budget)
         except TemplateError as err:
             return self._invalid(str(err), info, start)
         except Exception as err:  # noqa: BLE001 - any action must end in a defined outcome
@@ -313,10 +320,11 @@ class SelfEditEnv(gym.Env):
         return self._finish(template, results, info, start)
 
     def _parse_action(
-        self, action: Any
+        self, action: Any, budget: list[str]
     ) -> tuple[Template | None, list[str] | None, dict[str, Any]]:
-        policy = self.config.hyperparameter_policy
-        if self.config.action_mode == "template":
+        cfg = self.config
+        policy = cfg.hyperparameter_policy
+        if cfg.action_mode == "template":
             template, report = parse_template(action, policy=policy)  # type: ignore[arg-type]
             return template, None, report
         sequences, hp_raw = parse_self_edit(action)
@@ -325,14 +333,31 @@ class SelfEditEnv(gym.Env):
             raise TemplateError("a self-edit must train: num_epochs must be >= 1")
         # The action is the data itself; the template only carries its hyperparameters.
         template = Template("(self-edit given by the agent)", hp, name="self-edit")
-        return template, sequences[: self.config.max_sequences], report
+        if len(sequences) > cfg.max_sequences:
+            budget.append(f"the self-edit has {len(sequences)} sequences; kept the first"
+                          f" {cfg.max_sequences} (max_sequences)")
+            sequences = sequences[: cfg.max_sequences]
+        # Characters are cut before tokenizing: a megabyte "word" is slow to tokenize, and
+        # max_seq_tokens would cut it anyway (no token is longer than ~16 characters).
+        max_chars = 16 * cfg.max_seq_tokens
+        if any(len(s) > max_chars for s in sequences):
+            budget.append(f"self-edit sequences longer than {max_chars} characters were cut"
+                          " (16 x max_seq_tokens)")
+            sequences = [s[:max_chars] for s in sequences]
+        return template, sequences, report
 
     # -- the work of a step -----------------------------------------------------------
     def _evaluate(
-        self, template: Template | None, fixed: list[str] | None, step_seed: int
+        self,
+        template: Template | None,
+        fixed: list[str] | None,
+        step_seed: int,
+        start: float,
+        budget: list[str],
     ) -> list[PassageResult]:
         assert template is not None and self._passage_idx is not None
         cfg = self.config
+        deadline = start + cfg.max_step_seconds
         passages = [self.corpus[i] for i in self._passage_idx]
         n = cfg.completions_per_passage if fixed is None else 1
         # All completions of the step in one batched generate call.
@@ -352,8 +377,18 @@ class SelfEditEnv(gym.Env):
                 seed=step_seed,
             )
             complete_s = (time.perf_counter() - t0) / len(texts)
-        results = []
+        results: list[PassageResult] = []
         for j, completion in enumerate(completions):
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                # One template must not stall a run: pairs not started are skipped, and the
+                # reward is the mean over those evaluated (issue 7).
+                budget.append(
+                    f"step time budget: max_step_seconds={cfg.max_step_seconds:g} spent after"
+                    f" {len(results)} of {len(completions)} (passage, completion) evaluations;"
+                    " the rest were skipped"
+                )
+                break
             passage = passages[j // n]
             if fixed is not None:
                 sequences = list(fixed)
@@ -367,23 +402,37 @@ class SelfEditEnv(gym.Env):
                     " ask for one fact per line or set include_passage"
                 )
             result = self._evaluate_passage(
-                passage, template.hyperparameters, sequences, step_seed + 7919 * j
+                passage, template.hyperparameters, sequences, step_seed + 7919 * j, remaining
             )
+            budget.extend(f"{passage.id}: {note}" for note in result.update["notes"])
             result.completion = completion
             result.completion_tokens = self.backend.count_tokens(completion) if completion else 0
             result.timings["complete_s"] = complete_s
             results.append(result)
+        if not results:
+            raise TemplateError(
+                f"step time budget max_step_seconds={cfg.max_step_seconds:g} was spent before"
+                " any (passage, completion) pair could be evaluated; raise max_step_seconds or"
+                " lower completion_max_tokens"
+            )
         return results
 
     def _evaluate_passage(
-        self, passage: Passage, hp: Hyperparameters, sequences: list[str], seed: int
+        self,
+        passage: Passage,
+        hp: Hyperparameters,
+        sequences: list[str],
+        seed: int,
+        max_seconds: float | None = None,
     ) -> PassageResult:
         base = self._baseline(passage)
         questions = [q.question for q in passage.questions]
         golds = [list(q.answers) for q in passage.questions]
         t0 = time.perf_counter()
         stats: UpdateStats
-        with self.update.adapted(self.backend, sequences, hp, seed=seed) as stats:
+        with self.update.adapted(
+            self.backend, sequences, hp, seed=seed, max_seconds=max_seconds
+        ) as stats:
             train_s = time.perf_counter() - t0
             if stats.error:
                 raise TemplateError(f"LoRA update failed: {stats.error}")
@@ -500,6 +549,12 @@ class SelfEditEnv(gym.Env):
     def _invalid(
         self, message: str, info: dict[str, Any], start: float
     ) -> tuple[dict[str, Any], float, bool, bool, dict[str, Any]]:
+        # Messages quote the action: keep them writable to a UTF-8 log (lone surrogates).
+        message = message.encode("utf-8", "backslashreplace").decode("utf-8")
+        # A judge endpoint may echo the API key in an error body; info is logged, the key never.
+        key = os.environ.get(self.config.judge_api_key_env, "")
+        if len(key) >= 4:
+            message = message.replace(key, "[judge API key redacted]")
         info.update(error=message, timings=Timings(step_s=time.perf_counter() - start))
         info.setdefault("template", None)
         return self._observation(), float(self.config.invalid_reward), True, False, info
@@ -524,6 +579,27 @@ def _result_dict(result: PassageResult) -> dict[str, Any]:
     out["gain"] = result.gain
     out["normalized_gain"] = result.normalized_gain
     return out
+
+
+def load_env_corpus(source: str) -> Corpus:
+    """:func:`load_corpus`, with a malformed source reported as a ``ConfigError`` on env.corpus.
+
+    A missing file stays a ``FileNotFoundError`` (its message names the path).
+    """
+    try:
+        return load_corpus(source)
+    except FileNotFoundError:
+        raise
+    except (ValueError, OSError) as err:
+        raise ConfigError(f"env.corpus={source!r} cannot be used: {err}") from None
+
+
+def select_passages(corpus: Corpus, passages: str | list[int] | None) -> Corpus:
+    """``corpus.select(passages)``, with a bad selection reported as a ``ConfigError``."""
+    try:
+        return corpus.select(passages)
+    except (IndexError, ValueError, TypeError) as err:
+        raise ConfigError(f"env.passages={passages!r}: {err}") from None
 
 
 def cfg_prompt(instruction: str, passage: Passage) -> str:

@@ -117,7 +117,11 @@ def _check_number(
             raise TemplateError(f"{key} must be a number, got {value!r}") from None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TemplateError(f"{key} must be a number, got {type(value).__name__}")
-    if not math.isfinite(value):
+    if isinstance(value, int) and abs(value) > 2**63:
+        # Beyond any range: handle it as a float (inf past 1e308), since math.isfinite
+        # overflows on a 400-digit int and a 5000-digit one cannot even be printed.
+        value = float(value) if abs(value) < 10**308 else math.inf if value > 0 else -math.inf
+    if isinstance(value, float) and not math.isfinite(value):
         raise TemplateError(f"{key} must be a finite number, got {value}")
     low, high = HP_RANGES[key]
     if key in _INT_KEYS:
@@ -166,6 +170,13 @@ class Template:
                 f"data_creation_instruction is {len(self.data_creation_instruction)} characters;"
                 f" keep it under {MAX_INSTRUCTION_CHARS}"
             )
+        try:  # a lone surrogate cannot reach the tokenizer or a UTF-8 log file
+            self.data_creation_instruction.encode("utf-8")
+        except UnicodeEncodeError as err:
+            raise TemplateError(
+                f"data_creation_instruction is not valid unicode text ({err.reason} at"
+                f" position {err.start})"
+            ) from None
         trains = self.hyperparameters.num_epochs > 0
         if trains and not self.data_creation_instruction.strip() and not self.include_passage:
             raise TemplateError(

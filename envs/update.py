@@ -5,9 +5,12 @@ the duration of a ``with`` block, and leaves the base weights exactly as they we
 The env only sees this protocol, so full fine-tuning or singular-value experts
 (Transformer²) can be added without touching the env::
 
-    with operator.adapted(backend, sequences, hyperparameters, seed=...) as stats:
+    with operator.adapted(backend, sequences, hyperparameters, seed=..., max_seconds=...) as st:
         ...  # backend.generate(...) now answers with the adapted model
     # base weights restored, stats filled in (loss curve, tokens, seconds, error)
+
+``max_seconds`` is what is left of the env's step budget (``max_step_seconds``); an operator
+stops training when it is spent and says so in ``stats.notes``.
 
 :class:`LoRAUpdate` is the lean loop the design measured (DESIGN.md): a fresh PEFT LoRA per
 step on the already-loaded model, AdamW on the adapter only, dynamic padding (never padding
@@ -68,7 +71,12 @@ class UpdateStats:
 
 
 class UpdateOperator(Protocol):
-    """Adapts ``backend.model`` for the duration of a ``with`` block."""
+    """Adapts ``backend.model`` for the duration of a ``with`` block.
+
+    On leaving the block, whether it ended normally or by an exception, the base weights
+    must be bit-identical to before (the env checks it with ``weights_checksum``). A
+    failure the caller should know about (a non-finite loss) goes into ``stats.error``.
+    """
 
     name: str
 
@@ -79,6 +87,7 @@ class UpdateOperator(Protocol):
         hyperparameters: Hyperparameters,
         *,
         seed: int,
+        max_seconds: float | None = None,
     ) -> contextlib.AbstractContextManager[UpdateStats]: ...
 
 
@@ -89,7 +98,8 @@ class LoRAUpdate:
         target_modules: module names that get LoRA weights.
         micro_batch_size: sequences per forward pass (padded to the longest in the batch);
             ``gradient_accumulation_steps`` from the template multiplies it.
-        max_seq_tokens: sequences are cut to this many tokens.
+        max_seq_tokens: sequences are cut to this many tokens, and never beyond the model's
+            context (``config.max_position_embeddings``); ``stats.notes`` counts the cuts.
         max_train_tokens: budget of real tokens per update (sequences x epochs); the epochs
             that would exceed it are not run, and ``stats.notes`` says so.
         max_seconds: wall-clock budget per update; training stops when it is spent.
@@ -112,11 +122,22 @@ class LoRAUpdate:
         self.max_train_tokens = max_train_tokens
         self.max_seconds = max_seconds
 
-    def _encode(self, tokenizer: Any, sequences: Sequence[str]) -> list[list[int]]:
+    def _encode(
+        self, tokenizer: Any, sequences: Sequence[str], context: int | None, stats: UpdateStats
+    ) -> list[list[int]]:
         eos = tokenizer.eos_token_id
         encoded = tokenizer(list(sequences), add_special_tokens=False)["input_ids"]
-        # EOS teaches the sequence boundary; cut to the budget per sequence.
-        return [(ids + [eos])[: self.max_seq_tokens] for ids in encoded if ids]
+        # EOS teaches the sequence boundary; cut to the budget per sequence, and to the
+        # model's context: positions past it were never trained (or do not exist).
+        limit = min(self.max_seq_tokens, context) if context else self.max_seq_tokens
+        out = [(ids + [eos]) for ids in encoded if ids]
+        cut = sum(len(ids) > limit for ids in out)
+        if cut:
+            why = f"max_seq_tokens={self.max_seq_tokens}"
+            if context and context < self.max_seq_tokens:
+                why = f"the model's context of {context} tokens (max_seq_tokens is larger)"
+            stats.notes.append(f"{cut} of {len(out)} sequences cut to {limit} tokens: {why}")
+        return [ids[:limit] for ids in out]
 
     def _batches(self, encoded: list[list[int]], generator: torch.Generator) -> list[list[int]]:
         """One epoch of micro-batches: shuffled, then grouped by length.
@@ -140,6 +161,7 @@ class LoRAUpdate:
         hyperparameters: Hyperparameters,
         *,
         seed: int,
+        max_seconds: float | None = None,
     ) -> Iterator[UpdateStats]:
         from peft import LoraConfig, get_peft_model
 
@@ -165,7 +187,9 @@ class LoRAUpdate:
             peft_model = get_peft_model(model, config)
         try:
             start = time.perf_counter()
-            self._train(peft_model, backend, sequences, hp, seed, stats)
+            budget = self.max_seconds if max_seconds is None else min(self.max_seconds,
+                                                                         max_seconds)
+            self._train(peft_model, backend, sequences, hp, seed, stats, budget)
             stats.seconds = time.perf_counter() - start
             yield stats
         finally:
@@ -184,9 +208,11 @@ class LoRAUpdate:
         hp: Hyperparameters,
         seed: int,
         stats: UpdateStats,
+        max_seconds: float,
     ) -> None:
         device = backend.device
-        encoded = self._encode(backend.tokenizer, sequences)
+        context = getattr(getattr(backend.model, "config", None), "max_position_embeddings", None)
+        encoded = self._encode(backend.tokenizer, sequences, context, stats)
         stats.sequences = len(encoded)
         tokens_per_epoch = sum(len(ids) for ids in encoded)
         epochs = hp.num_epochs
@@ -201,7 +227,7 @@ class LoRAUpdate:
         generator = torch.Generator().manual_seed(seed)
         pad = backend.tokenizer.pad_token_id
         accum = hp.gradient_accumulation_steps
-        deadline = time.perf_counter() + self.max_seconds
+        deadline = time.perf_counter() + max_seconds
         model.train()
         micro = 0
         window_loss = 0.0
@@ -238,7 +264,10 @@ class LoRAUpdate:
                     stats.losses.append(window_loss)
                     window_loss = 0.0
                 if time.perf_counter() > deadline:
-                    stats.notes.append(f"time budget: stopped after {self.max_seconds:.0f} s")
+                    stats.notes.append(
+                        f"time budget: training stopped after {max_seconds:.3g} s"
+                        f" ({stats.optimizer_steps} optimizer steps)"
+                    )
                     break
             else:
                 continue

@@ -11,18 +11,6 @@ SQUAD = Path(__file__).resolve().parents[1].parent / "shared" / "squad" / "squad
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
-    """Baseline caches of tests never touch the user's ~/.cache/selfedit.
-
-    Converted models are kept in the user cache (read-only use), so the GGUF conversion
-    happens once per machine, not once per test session.
-    """
-    import os
-
-    os.environ.setdefault("SELFEDIT_CACHE", str(Path.home() / ".cache" / "selfedit"))
-
-
-@pytest.fixture(scope="session", autouse=True)
 def _one_torch_thread() -> None:
     """Tiny models run fastest on one thread, and do not fight other work for the cores.
 

@@ -5,6 +5,9 @@
     selfedit recitation [--corpus ...] # how much reciting the passage scores per grader
     selfedit benchmark --config configs/benchmark_cpu.yaml [key=value ...] [--force]
     selfedit benchmark --resume results/benchmark_cpu   # finish a killed benchmark
+    selfedit train --config configs/restem_cpu.yaml [key=value ...]  # ReST-EM or GRPO
+    selfedit train --resume results/restem_cpu__0__<time>            # continue a killed run
+    selfedit continual --config configs/continual_cpu.yaml           # forgetting matrix
 """
 
 from __future__ import annotations
@@ -60,6 +63,7 @@ def _parser() -> argparse.ArgumentParser:
                        help="rebuild the report and plots of a benchmark directory from its "
                        "records (no model is loaded)")
     bench.add_argument("overrides", nargs="*", help="key=value overrides, e.g. noise_repeats=2")
+    _add_training_commands(sub)
     return parser
 
 
@@ -93,6 +97,9 @@ def _benchmark(args: argparse.Namespace, argv: list[str]) -> int:
             if args.config or args.overrides or args.force:
                 raise ConfigError("--resume uses the directory's own benchmark.yaml; drop "
                                   "--config, --force and overrides")
+            if not (args.resume / "benchmark.yaml").is_file():
+                raise ConfigError(f"--resume {args.resume}: no benchmark.yaml there; is it a "
+                                  "benchmark directory?")
             cfg = load_benchmark_config(args.resume / "benchmark.yaml")
             benchmark(cfg, resume=args.resume, command=command)
         else:
@@ -138,6 +145,75 @@ def _judge(where: str, model: str) -> object:
     return LLMJudge(generate=lambda texts, n: backend.generate(texts, max_new_tokens=n))
 
 
+# --- policy training (issue 4): selfedit train / selfedit continual ---
+def _add_training_commands(sub: argparse._SubParsersAction) -> None:
+    train = sub.add_parser(
+        "train", help="train the template policy: ReST-EM or GRPO (the config's algorithm)",
+        description="Train the template-writing policy against the env: ReST-EM "
+        "(algorithm: restem) or GRPO through TRL (algorithm: grpo). Writes "
+        "<output_dir>/<name>__<seed>__<time>/ with config.yaml, command.txt, iterations.jsonl, "
+        "evaluations.jsonl, checkpoints/, heldout.md, summary.json and tb/.",
+        epilog=_config_keys("training"), formatter_class=argparse.RawDescriptionHelpFormatter)
+    train.add_argument("--config", type=Path, help="YAML config (configs/restem_*.yaml, "
+                       "configs/grpo_*.yaml)")
+    train.add_argument("--resume", type=Path, metavar="RUN_DIR",
+                       help="continue a killed run with its own config.yaml; finished env "
+                       "evaluations are not repeated")
+    train.add_argument("overrides", nargs="*", help="key=value overrides, e.g. iterations=1")
+    cont = sub.add_parser(
+        "continual", help="continual self-editing: adapters accumulate over a passage "
+        "sequence; writes the forgetting matrix",
+        epilog=_config_keys("continual"), formatter_class=argparse.RawDescriptionHelpFormatter)
+    cont.add_argument("--config", type=Path, help="YAML config (configs/continual_cpu.yaml)")
+    cont.add_argument("overrides", nargs="*", help="key=value overrides, e.g. passages=0:3")
+
+
+def _config_keys(which: str) -> str:
+    from selfedit.training.continual import ContinualConfig
+    from selfedit.training.grpo import GRPORunConfig
+    from selfedit.training.restem import RestemConfig, SFTSettings
+
+    groups = ([("restem keys", RestemConfig), ("restem sft.* keys", SFTSettings),
+               ("grpo keys", GRPORunConfig)] if which == "training"
+              else [("continual keys", ContinualConfig)])
+    lines = []
+    for title, cls in groups:
+        lines.append(f"{title} (env.* keys: see `selfedit keys`):")
+        prefix = "sft." if cls is SFTSettings else ""
+        for name, default, text in field_help(cls):
+            if name not in ("env", "sft"):
+                lines.append(f"  {prefix}{name} = {default}\n      {text}")
+    return "\n".join(lines)
+
+
+def _training(args: argparse.Namespace, argv: list[str]) -> int:
+    command = shlex.join(["selfedit", *argv])
+    if args.command == "continual":
+        from selfedit.training.continual import load_continual_config, run_continual
+
+        run_continual(load_continual_config(args.config, args.overrides), command=command)
+        return 0
+    from selfedit.training.grpo import train_grpo
+    from selfedit.training.restem import load_train_config, train_restem
+
+    if args.resume is not None:
+        if args.config or args.overrides:
+            raise ConfigError("--resume uses the run's own config.yaml; drop --config and "
+                              "overrides")
+        if not (args.resume / "config.yaml").is_file():
+            raise ConfigError(f"--resume {args.resume}: no config.yaml there; is it a run "
+                              "directory?")
+        cfg = load_train_config(args.resume / "config.yaml")
+    else:
+        if args.config is None:
+            raise ConfigError("give --config configs/restem_<...>.yaml (or --resume RUN_DIR)")
+        cfg = load_train_config(args.config, args.overrides)
+    trainer = train_grpo if cfg.algorithm == "grpo" else train_restem
+    trainer(cfg, resume=args.resume, command=command)
+    return 0
+# --- end policy training ---
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -160,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
             run(cfg, resume=args.resume)
         elif args.command == "benchmark":
             return _benchmark(args, list(argv) if argv is not None else sys.argv[1:])
+        elif args.command in ("train", "continual"):
+            return _training(args, list(argv) if argv is not None else sys.argv[1:])
         elif args.command == "recitation":
             from selfedit.training.recitation import recitation_report
 

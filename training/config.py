@@ -7,6 +7,7 @@ before any model is loaded, with the key named and the fix suggested.
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,20 +82,24 @@ def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     node[keys[-1]] = value
 
 
+_SLICE = re.compile(r"""\s*['"]?-?\d*\s*:\s*-?\d*(:-?\d*)?['"]?\s*""")
+
+
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply ``key=value`` overrides (dotted keys; values parsed as YAML).
 
-    >>> apply_overrides({"env": {"passages": "0:8"}}, ["env.passages=0:2", "seeds=3"])
-    {'env': {'passages': '0:2'}, 'seeds': 3}
+    >>> apply_overrides({"env": {"passages": "0:8"}}, ["env.passages=20:30", "seeds=3"])
+    {'env': {'passages': '20:30'}, 'seeds': 3}
     """
     out = yaml.safe_load(yaml.safe_dump(raw)) or {}
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key=value (e.g. env.passages=0:4)")
         key, text = item.split("=", 1)
-        value = yaml.safe_load(text) if text.strip() else None
-        if isinstance(value, str) and key.strip().endswith("passages"):
-            value = text.strip()  # '0:4' parses as a YAML sexagesimal int in some loaders
+        if _SLICE.fullmatch(text):
+            value: Any = text.strip().strip("'\"")  # YAML 1.1 reads 20:30 as the int 1230
+        else:
+            value = yaml.safe_load(text) if text.strip() else None
         _set_dotted(out, key.strip(), value)
     return out
 
@@ -109,7 +114,11 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         try:
             raw = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as err:
-            raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
+            # One line: where, and what the parser expected (its own message spans lines).
+            mark = getattr(err, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(err, "problem", None) or str(err).strip().splitlines()[0]
+            raise ConfigError(f"config file {path} is not valid YAML{where}: {problem}") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"config file {path} must hold a mapping of keys to values")
     return RunConfig.from_dict(apply_overrides(raw, overrides or []))

@@ -21,9 +21,11 @@ import yaml
 
 from selfedit.agents.base import Agent
 from selfedit.agents.registry import check_agent_spec, make_agent
+from selfedit.envs.backend import check_model_source
 from selfedit.envs.config import ConfigError
-from selfedit.envs.selfedit_env import SelfEditEnv
-from selfedit.training.config import RunConfig
+from selfedit.envs.corpus import Corpus
+from selfedit.envs.selfedit_env import SelfEditEnv, load_env_corpus, select_passages
+from selfedit.training.config import RunConfig, load_config
 from selfedit.training.runlog import RunLogger, completed_keys, read_steps
 
 __all__ = ["AgentSummary", "Episode", "plan_episodes", "run", "summarize", "summary_table"]
@@ -113,7 +115,15 @@ def run(cfg: RunConfig, *, resume: Path | None = None, env: SelfEditEnv | None =
     if len(set(names)) != len(names):
         raise ConfigError(f"agent names must be unique, got {names}; give each a 'name'")
 
-    # 2. Run directory: new, or the one being resumed.
+    # 2. Data and model files: a missing or corrupt one fails here, naming the path, before
+    #    a run directory is made or any weights are read (issue 7).
+    corpus: Corpus | None = None
+    if env is None:
+        check_model_source(cfg.env.model)
+        corpus = load_env_corpus(cfg.env.corpus)
+        select_passages(corpus, cfg.env.passages)  # the env selects again; this only checks
+
+    # 3. Run directory: new, or the one being resumed.
     if resume is not None:
         run_dir = Path(resume)
         if not (run_dir / "config.yaml").is_file():
@@ -124,13 +134,13 @@ def run(cfg: RunConfig, *, resume: Path | None = None, env: SelfEditEnv | None =
         (run_dir / "command.txt").write_text(" ".join(["selfedit", *sys.argv[1:]]) + "\n")
     done = completed_keys(read_steps(run_dir / "steps.jsonl"))
 
-    # 3. Env: one model, shared by all agents.
-    env = env or SelfEditEnv(cfg.env)
+    # 4. Env: one model, shared by all agents.
+    env = env or SelfEditEnv(cfg.env, corpus=corpus)
     agents: list[Agent] = [make_agent(spec, env) for spec in cfg.agents]
     plan = plan_episodes(cfg, names, len(env.corpus))
     todo = [ep for ep in plan if ep.key not in done]
 
-    # 4. The loop (agents resumed first: saved state, plus replay of steps it missed).
+    # 5. The loop (agents resumed first: saved state, plus replay of steps it missed).
     by_name = dict(zip(names, agents, strict=True))
     finished = read_steps(run_dir / "steps.jsonl")
     for name, agent in by_name.items():
@@ -163,7 +173,7 @@ def run(cfg: RunConfig, *, resume: Path | None = None, env: SelfEditEnv | None =
                 print(_step_line(record), flush=True)
         bar.close()
 
-        # 5. Summary: table per agent over every record of the run (resumed ones included).
+        # 6. Summary: table per agent over every record of the run (resumed ones included).
         records = read_steps(run_dir / "steps.jsonl")
         summaries = summarize(records, names)
         table = summary_table(summaries, grader=cfg.env.reward_grader)
@@ -330,6 +340,6 @@ def machine_description() -> dict[str, Any]:
 
 
 def load_run_config(run_dir: Path) -> RunConfig:
-    raw = yaml.safe_load((Path(run_dir) / "config.yaml").read_text())
-    return RunConfig.from_dict(raw)
+    """The resolved config of a run directory, validated like any config file."""
+    return load_config(Path(run_dir) / "config.yaml")
 

@@ -63,7 +63,9 @@ class RunLogger:
         self.run_dir = run_dir
         self.steps_path = run_dir / "steps.jsonl"
         _drop_torn_tail(self.steps_path)
-        self._file = self.steps_path.open("a", encoding="utf-8")
+        # backslashreplace: a lone surrogate in an agent's text is written as the JSON escape
+        # \udXXX (still valid UTF-8 and valid JSON) instead of failing the run.
+        self._file = self.steps_path.open("a", encoding="utf-8", errors="backslashreplace")
         self._tensorboard = tensorboard
         self._writers: dict[str, Any] = {}
         self._counts: dict[str, int] = {}

@@ -1,0 +1,257 @@
+"""What lets a policy-training run survive a kill: evaluations, weights, RNG states.
+
+- :class:`EvalCache`: every env evaluation of a (weights, template, passage, seed) is appended
+  to ``evaluations.jsonl`` the moment it ends, so a resumed run never repeats one.
+- Adapters: the policy's LoRA of each iteration is saved with peft (``adapter_model.safetensors``
+  + ``adapter_config.json``) before it is merged; a resumed run rebuilds the policy by merging
+  the saved adapters into the base weights in order (bit-identical to the run it continues:
+  tested).
+- :func:`rng_state` / :func:`set_rng_state`: Python, NumPy and torch generators as JSON.
+- Weight plumbing shared by ReST-EM, GRPO and continual mode: :func:`lora_merged_weights`
+  (the effective weights of LoRA-wrapped modules), :func:`copy_policy_weights` (a policy,
+  LoRA merged, into another model's storage), :func:`rebase_env` (the env's caches and
+  checks follow new base weights).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from selfedit.training.runlog import to_jsonable
+
+__all__ = [
+    "EvalCache",
+    "apply_adapter",
+    "copy_policy_weights",
+    "latest_checkpoint",
+    "lora_merged_weights",
+    "rebase_env",
+    "rng_state",
+    "set_rng_state",
+    "stable_hash",
+    "write_checkpoint",
+    "write_json_atomic",
+]
+
+
+def stable_hash(payload: Any, n: int = 16) -> str:
+    """A short sha256 of a JSON-able payload (dict keys sorted).
+
+    >>> stable_hash({"b": 1, "a": [1, 2]}) == stable_hash({"a": [1, 2], "b": 1})
+    True
+    """
+    text = json.dumps(to_jsonable(payload), sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()[:n]
+
+
+def write_json_atomic(path: Path, payload: Any) -> Path:
+    """Write JSON through a temporary file and a rename: readers never see half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(to_jsonable(payload), indent=1, ensure_ascii=False))
+    tmp.replace(path)
+    return path
+
+
+class EvalCache:
+    """An append-only JSONL map from an evaluation key to its record.
+
+    Each :meth:`put` writes one complete line and fsyncs it; a line torn by a kill is
+    skipped on load (and cut, so the next append starts clean). ``hits`` and ``misses``
+    count lookups of this process.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._records: dict[str, dict[str, Any]] = {}
+        self.hits = 0
+        self.misses = 0
+        if self.path.is_file():
+            data = self.path.read_bytes()
+            if data and not data.endswith(b"\n"):
+                with self.path.open("rb+") as handle:
+                    handle.truncate(data.rfind(b"\n") + 1)
+            for line in self.path.read_text(encoding="utf-8").splitlines():
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                self._records[record["key"]] = record
+        self._file = self.path.open("a", encoding="utf-8", errors="backslashreplace")
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._records
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return iter(self._records.values())
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        record = self._records.get(key)
+        if record is None:
+            self.misses += 1
+        else:
+            self.hits += 1
+        return record
+
+    def put(self, record: dict[str, Any]) -> None:
+        """Store ``record`` (it must carry its ``key``) and write it to disk now."""
+        self._records[record["key"]] = record
+        self._file.write(json.dumps(to_jsonable(record), ensure_ascii=False) + "\n")
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        self._file.close()
+
+
+# -- RNG states -------------------------------------------------------------------------
+def rng_state() -> dict[str, Any]:
+    """Python, NumPy (global) and torch (CPU and CUDA) generator states, JSON-able."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": _listify(random.getstate()),
+        "numpy": [kind, keys.tolist(), pos, has_gauss, cached],
+        "torch": torch.get_rng_state().tolist(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` saved."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
+
+
+def _listify(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [_listify(v) for v in value]
+    return value
+
+
+# -- checkpoints ------------------------------------------------------------------------
+def write_checkpoint(run_dir: Path, iteration: int, state: dict[str, Any],
+                     adapter: Path | None = None) -> Path:
+    """Write ``checkpoints/iter_<i>/`` (state.json, and the iteration's adapter) atomically.
+
+    The directory appears under its final name only when complete, so
+    :func:`latest_checkpoint` never picks up half a checkpoint.
+    """
+    root = Path(run_dir) / "checkpoints"
+    root.mkdir(exist_ok=True)
+    final = root / f"iter_{iteration:03d}"
+    tmp = root / f"iter_{iteration:03d}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    if adapter is not None:
+        shutil.copytree(adapter, tmp / "adapter")
+    write_json_atomic(tmp / "state.json", {"iteration": iteration, **state})
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    return final
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The newest complete ``checkpoints/iter_<i>`` of a run directory, or None."""
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return None
+    done = sorted(p for p in root.glob("iter_*") if p.is_dir() and not p.name.endswith(".tmp")
+                  and (p / "state.json").is_file())
+    return done[-1] if done else None
+
+
+# -- weights ----------------------------------------------------------------------------
+@torch.no_grad()
+def apply_adapter(model: torch.nn.Module, adapter_dir: Path) -> torch.nn.Module:
+    """Merge a saved peft adapter into ``model``'s weights, in place; return ``model``."""
+    import warnings
+
+    from peft import PeftModel
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        merged = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
+    if merged is not model:
+        raise RuntimeError("merging the adapter returned a different model object")
+    model.eval()
+    return model
+
+
+@torch.no_grad()
+def lora_merged_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """``{module name: base weight + LoRA delta}`` for every LoRA-wrapped module of ``model``.
+
+    Names are those of the modules in ``model`` (after the adapter is unloaded,
+    ``model.get_submodule(name).weight`` is the weight to overwrite). The delta is summed in
+    float32 and cast to the base dtype. Used by continual mode to keep an adapter that the
+    env's update operator would otherwise discard.
+    """
+    from peft.tuners.lora import LoraLayer
+
+    out: dict[str, torch.Tensor] = {}
+    for name, module in model.named_modules():
+        if not isinstance(module, LoraLayer) or getattr(module, "merged", False):
+            continue
+        weight = module.get_base_layer().weight
+        total = weight.detach().float().clone()
+        for adapter in module.active_adapters:
+            if adapter in module.lora_A:
+                total += module.get_delta_weight(adapter).float()
+        out[name] = total.to(weight.dtype)
+    return out
+
+
+@torch.no_grad()
+def copy_policy_weights(policy: torch.nn.Module, target: torch.nn.Module) -> None:
+    """Copy a policy's effective weights (its LoRA merged, if it has one) into ``target``.
+
+    ``target`` keeps its own storage: the policy's base weights and adapter are not touched.
+    GRPO in self mode uses this to give the env's model the policy's current weights before
+    each reward call.
+    """
+    base = policy.get_base_model() if hasattr(policy, "get_base_model") else policy
+    merged = lora_merged_weights(base)
+    state: dict[str, torch.Tensor] = {}
+    for key, tensor in base.state_dict().items():
+        if ".lora_" in key or "lora_magnitude" in key:
+            continue
+        state[key.replace(".base_layer.", ".")] = tensor
+    for name, weight in merged.items():
+        state[f"{name}.weight"] = weight
+    missing, unexpected = target.load_state_dict(state, strict=False)
+    if unexpected or [m for m in missing if not m.endswith("lm_head.weight")]:
+        raise RuntimeError(f"policy and target models differ: missing {missing[:3]},"
+                           f" unexpected {unexpected[:3]}")
+
+
+def rebase_env(env: Any, tag: str | None = None) -> str:
+    """Make the env treat its model's current weights as the base; return the fingerprint.
+
+    After a policy update in self mode the env's base model changed on purpose: its baseline
+    cache key (``backend.fingerprint``) and, when ``verify_base_every`` is on, the checksum it
+    compares against must follow, or stale baselines are served and the check fires.
+    """
+    fingerprint = env.backend.refresh(tag)
+    if getattr(env.config, "verify_base_every", 0):
+        # The env keeps the checksum privately; there is no public setter yet (issue 4 note).
+        env._base_checksum = env.base_checksum()
+    return fingerprint

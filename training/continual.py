@@ -1,0 +1,363 @@
+"""Continual self-editing (SEAL, arXiv 2506.10943, sec. 5): adapters accumulate, forgetting shows.
+
+``selfedit continual --config configs/continual_cpu.yaml`` lands here. For a sequence of
+passages p_0, ..., p_{n-1}:
+
+1. the model (with every earlier passage's adapter already merged) completes the template on
+   p_i and a LoRA is trained on the result: one ordinary env step, whose reward is the
+   accuracy on p_i with the adapter active;
+2. that adapter is **merged** into the working weights instead of discarded
+   (:class:`MergingUpdate` wraps the env's update operator and keeps what it trained), so the
+   next self-edit is written by, and trained on top of, the updated model;
+3. the accuracy on every passage seen so far, p_0 ... p_i, is measured with the merged weights
+   and no context (an env step with the ``no_training`` template: the model as it now is).
+
+Row i of the *forgetting matrix* holds those accuracies after passage i (columns j <= i; the
+diagonal is the accuracy on the passage just learned). With ``sequences > 1`` further random
+orders are run from the original weights, and the matrix averaged by position. The env's base
+weights are restored at the end, bit-identical (checked by checksum; a mismatch raises).
+Outputs: ``forgetting.json``, ``forgetting.csv`` (first sequence, passage ids as headers),
+``forgetting_mean.csv`` (by position), ``forgetting.md`` and TensorBoard (heatmap, curves).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from selfedit.agents.fixed import HUMAN_BASELINES
+from selfedit.envs.backend import check_model_source
+from selfedit.envs.config import ConfigError, EnvConfig, check_keys, check_types
+from selfedit.envs.selfedit_env import SelfEditEnv, load_env_corpus
+from selfedit.envs.templates import Hyperparameters, Template, TemplateError
+from selfedit.training.checkpoint import lora_merged_weights, rebase_env, write_json_atomic
+from selfedit.training.restem import open_run_dir, resolve_passages
+
+__all__ = ["ContinualConfig", "MergingUpdate", "SequenceResult", "run_continual"]
+
+
+def _f(default: Any, help: str) -> Any:  # noqa: A002
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class ContinualConfig:
+    """A continual self-editing run: one template, a sequence of passages, adapters merged."""
+
+    name: str = _f("continual", "experiment name; the run writes to "
+                   "<output_dir>/<name>__<seed>__<time>")
+    seed: int = _f(0, "seed of env resets and of the shuffled orders")
+    output_dir: str = _f("results", "parent directory of run directories")
+    tensorboard: bool = _f(True, "write TensorBoard events under <run>/tb")
+    progress: bool = _f(True, "print one line per evaluation")
+    passages: str | list[int] = _f("0:4", "the sequence: a slice like '0:8' or indices into "
+                                   "the env's corpus selection, in the order learned")
+    sequences: int = _f(1, "orders to run: the first as given, the others shuffled; each "
+                        "starts from the original weights")
+    template: str | dict[str, Any] = _f("implications", "the self-edit template: a human "
+                                        "baseline name or a template mapping")
+    env: EnvConfig = field(default_factory=EnvConfig, metadata={"help": "env settings"})
+
+    def __post_init__(self) -> None:
+        if isinstance(self.env, dict):
+            self.env = EnvConfig.from_dict(self.env)
+        check_types(self, where="continual")
+        if self.sequences < 1:
+            raise ConfigError(f"sequences must be >= 1, got {self.sequences}")
+        if self.env.passages_per_step != 1 or self.env.completions_per_passage != 1:
+            raise ConfigError("continual mode merges one adapter per passage: leave "
+                              "env.passages_per_step and env.completions_per_passage at 1")
+        if self.env.action_mode != "template":
+            raise ConfigError("continual mode applies a template: env.action_mode must be "
+                              "'template'")
+        self.build_template()  # fail now, not after the model loaded
+
+    def build_template(self) -> Template:
+        if isinstance(self.template, str):
+            if self.template not in HUMAN_BASELINES:
+                raise ConfigError(f"template {self.template!r} is not a baseline name "
+                                  f"({', '.join(HUMAN_BASELINES)}); or give a mapping")
+            template = HUMAN_BASELINES[self.template]
+        else:
+            try:
+                template, _ = Template.from_dict(self.template)
+            except TemplateError as err:
+                raise ConfigError(f"template: {err}") from None
+        if not template.trains:
+            raise ConfigError("the continual template must train (num_epochs >= 1)")
+        return template
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> ContinualConfig:
+        check_keys(cls, raw, where="continual")
+        raw = dict(raw)
+        if "env" in raw:
+            raw["env"] = EnvConfig.from_dict(raw["env"] or {})
+        return cls(**raw)
+
+
+def load_continual_config(path: str | Path | None,
+                          overrides: list[str] | None = None) -> ContinualConfig:
+    from selfedit.training.config import apply_overrides
+    from selfedit.training.restem import read_yaml
+
+    return ContinualConfig.from_dict(
+        apply_overrides(read_yaml(Path(path) if path else None), overrides or []))
+
+
+class MergingUpdate:
+    """Wraps an update operator so that, when armed, the adapter it trains is kept.
+
+    While the inner operator's adapter is active (inside its ``with`` block, after the env
+    answered), the effective weights of the LoRA-wrapped modules are captured; the inner
+    operator then restores the base as usual, and :meth:`merge` writes the captured weights
+    into the model. Works with operators that put peft LoRA layers into ``backend.model``
+    (:class:`~selfedit.envs.update.LoRAUpdate`).
+    """
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.name = f"{getattr(inner, 'name', 'update')}+merge"
+        self.armed = False
+        self.pending: dict[str, torch.Tensor] | None = None
+
+    @contextlib.contextmanager
+    def adapted(self, backend: Any, sequences: Sequence[str], hyperparameters: Hyperparameters,
+                *, seed: int, max_seconds: float | None = None) -> Iterator[Any]:
+        with self.inner.adapted(backend, sequences, hyperparameters, seed=seed,
+                                max_seconds=max_seconds) as stats:
+            yield stats
+            if self.armed and stats.error is None:
+                self.pending = lora_merged_weights(backend.model)
+
+    @torch.no_grad()
+    def merge(self, model: torch.nn.Module) -> int:
+        """Write the captured weights into ``model``; return how many modules changed."""
+        pending, self.pending = self.pending or {}, None
+        for name, weight in pending.items():
+            model.get_submodule(name).weight.copy_(weight)
+        return len(pending)
+
+
+@dataclass
+class SequenceResult:
+    """One order of passages: the forgetting matrix and what led to it."""
+
+    order: list[int]  # corpus indices, in the order learned
+    passage_ids: list[str]
+    base: list[float]  # accuracy of each passage before any update (order as ``order``)
+    adapted: list[float | None]  # env reward of each self-edit step (adapter active)
+    matrix: list[list[float | None]]  # [i][j]: after passage i, on passage j (None if j > i)
+    metrics: dict[str, list[list[float | None]]]  # the same per grader
+    fingerprints: list[str]  # weights after each merge
+    errors: list[str | None]
+
+    def summary(self) -> dict[str, float]:
+        m = np.array([[np.nan if v is None else v for v in row] for row in self.matrix])
+        n = len(m)
+        diag = np.diag(m)
+        final = m[-1]
+        return {
+            "diagonal_mean": float(np.nanmean(diag)),
+            "final_mean": float(np.nanmean(final)),
+            "base_mean": float(np.mean(self.base)),
+            "forgetting_mean": float(np.nanmean(diag[: n - 1] - final[: n - 1]))
+            if n > 1 else 0.0,
+        }
+
+
+def _accuracy_step(env: SelfEditEnv, template: Template, passage: int,
+                   seed: int) -> dict[str, Any]:
+    env.reset(seed=seed, options={"passage_ids": [passage]})
+    _, reward, _, _, info = env.step(template)
+    return {"reward": float(reward), "error": info.get("error"),
+            "metrics": dict(info.get("metrics") or {})}
+
+
+def run_sequence(env: SelfEditEnv, merging: MergingUpdate, template: Template,
+                 order: list[int], *, seed: int, progress: bool = True) -> SequenceResult:
+    """Learn the passages of ``order`` one after another, merging each adapter; measure."""
+    measure = HUMAN_BASELINES["no_training"]  # the model as it now is, no adapter
+    model = env.backend.model
+    ids = [env.corpus[p].id for p in order]
+    n = len(order)
+
+    def reset_seed(p: int) -> int:
+        return seed * 100_003 + p
+
+    def say(text: str) -> None:
+        if progress:
+            print(text, flush=True)
+
+    base = [_accuracy_step(env, measure, p, reset_seed(p))["reward"] for p in order]
+    matrix: list[list[float | None]] = [[None] * n for _ in range(n)]
+    metrics: dict[str, list[list[float | None]]] = {}
+    adapted: list[float | None] = []
+    errors: list[str | None] = []
+    fingerprints: list[str] = []
+    for i, p in enumerate(order):
+        t0 = time.perf_counter()
+        merging.armed = True
+        try:
+            step = _accuracy_step(env, template, p, reset_seed(p))
+        finally:
+            merging.armed = False
+        errors.append(step["error"])
+        adapted.append(None if step["error"] else step["reward"])
+        changed = merging.merge(model) if step["error"] is None else 0
+        fingerprints.append(rebase_env(env))  # a real hash: the baselines follow the weights
+        say(f"after {ids[i]}: self-edit reward {step['reward']:.3f}, merged {changed} modules"
+            + (f" (error: {step['error']})" if step["error"] else ""))
+        for j in range(i + 1):
+            result = _accuracy_step(env, measure, order[j], reset_seed(order[j]))
+            matrix[i][j] = result["reward"]
+            for grader, value in result["metrics"].items():
+                metrics.setdefault(grader, [[None] * n for _ in range(n)])[i][j] = value
+        say("  accuracy on " + ", ".join(f"{ids[j]} {matrix[i][j]:.3f}" for j in range(i + 1))
+            + f"  ({time.perf_counter() - t0:.1f}s)")
+    return SequenceResult(list(order), ids, base, adapted, matrix, metrics, fingerprints,
+                          errors)
+
+
+def run_continual(cfg: ContinualConfig, *, env: SelfEditEnv | None = None,
+                  command: str | None = None) -> Path:
+    """Run every order of the config; write the forgetting matrices; restore the weights."""
+    # 1. Config, passages, files; then the run directory and the env.
+    template = cfg.build_template()
+    if env is None:
+        check_model_source(cfg.env.model)
+        corpus = load_env_corpus(cfg.env.corpus).select(cfg.env.passages)
+    else:
+        corpus = env.corpus
+    passages = resolve_passages(corpus, cfg.passages, key="passages")
+    run_dir = open_run_dir(cfg, None, command)
+    env = env or SelfEditEnv(cfg.env, corpus=corpus)
+    model = env.backend.model
+    initial = env.base_checksum()
+    # The original weights, to start each order from them and to restore them at the end.
+    snapshot = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    merging = MergingUpdate(env.update)
+    rng = np.random.default_rng(cfg.seed)
+    results: list[SequenceResult] = []
+
+    # 2. The orders, each from the original weights.
+    env.update = merging
+    try:
+        for s in range(cfg.sequences):
+            order = list(passages) if s == 0 else [int(x) for x in rng.permutation(passages)]
+            print(f"sequence {s}: {', '.join(corpus[p].id for p in order)}", flush=True)
+            results.append(run_sequence(env, merging, template, order, seed=cfg.seed,
+                                        progress=cfg.progress))
+            model.load_state_dict(snapshot)
+            rebase_env(env)
+    finally:
+        env.update = merging.inner
+        model.load_state_dict(snapshot)
+        rebase_env(env)
+    restored = env.base_checksum()
+    if restored != initial:
+        raise RuntimeError("continual mode could not restore the base weights bit-identically")
+
+    # 3. Outputs.
+    write_outputs(run_dir, cfg, results, template, restored_checksum=restored)
+    return run_dir
+
+
+def _mean_matrix(results: list[SequenceResult]) -> list[list[float | None]]:
+    n = len(results[0].order)
+    out: list[list[float | None]] = [[None] * n for _ in range(n)]
+    for i in range(n):
+        for j in range(i + 1):
+            out[i][j] = float(np.mean([r.matrix[i][j] for r in results]))
+    return out
+
+
+def _write_csv(path: Path, matrix: list[list[float | None]], rows: list[str],
+               cols: list[str]) -> None:
+    with path.open("w", newline="") as handle:
+        out = csv.writer(handle)
+        out.writerow(["after \\ on", *cols])
+        for label, row in zip(rows, matrix, strict=True):
+            out.writerow([label, *("" if v is None else f"{v:.4f}" for v in row)])
+
+
+def matrix_markdown(matrix: list[list[float | None]], labels: list[str]) -> str:
+    """The matrix as a Markdown table (rows: after passage i; columns: accuracy on j)."""
+    head = "| after \\ on | " + " | ".join(labels) + " |"
+    rows = [head, "|---|" + "---:|" * len(labels)]
+    for label, row in zip(labels, matrix, strict=True):
+        rows.append(f"| {label} | " + " | ".join("" if v is None else f"{v:.3f}" for v in row)
+                    + " |")
+    return "\n".join(rows)
+
+
+def write_outputs(run_dir: Path, cfg: ContinualConfig, results: list[SequenceResult],
+                  template: Template, *, restored_checksum: str) -> None:
+    first = results[0]
+    mean = _mean_matrix(results)
+    positions = [f"#{i}" for i in range(len(first.order))]
+    write_json_atomic(run_dir / "forgetting.json", {
+        "template": template.to_dict(),
+        "reward_grader": cfg.env.reward_grader,
+        "rows": "after learning passage i (in the order of the sequence)",
+        "columns": "accuracy on passage j <= i, no context, adapters merged",
+        "sequences": [{**asdict(r), "summary": r.summary()} for r in results],
+        "mean_matrix_by_position": mean,
+        "summary": {k: float(np.mean([r.summary()[k] for r in results]))
+                    for k in first.summary()},
+        "restored_checksum": restored_checksum,
+    })
+    _write_csv(run_dir / "forgetting.csv", first.matrix, first.passage_ids, first.passage_ids)
+    _write_csv(run_dir / "forgetting_mean.csv", mean, positions, positions)
+    text = [f"Forgetting matrix ({cfg.env.reward_grader}), first sequence:\n",
+            matrix_markdown(first.matrix, first.passage_ids)]
+    if len(results) > 1:
+        text += [f"\nMean over {len(results)} orders, by position:\n",
+                 matrix_markdown(mean, positions)]
+    (run_dir / "forgetting.md").write_text("\n".join(text) + "\n")
+    print("\n".join(text))
+    print(f"\nrun directory: {run_dir}")
+    if cfg.tensorboard:
+        from torch.utils.tensorboard import SummaryWriter
+
+        with SummaryWriter(str(run_dir / "tb")) as w:
+            for s, r in enumerate(results):
+                for i in range(len(r.order)):
+                    w.add_scalar(f"continual/seq{s}/just_learned", r.matrix[i][i], i)
+                    w.add_scalar(f"continual/seq{s}/first_passage", r.matrix[i][0], i)
+                    earlier = [v for v in r.matrix[i][:i] if v is not None]
+                    if earlier:
+                        w.add_scalar(f"continual/seq{s}/earlier_mean", float(np.mean(earlier)), i)
+                    if r.adapted[i] is not None:
+                        w.add_scalar(f"continual/seq{s}/self_edit_reward", r.adapted[i], i)
+            w.add_text("forgetting_matrix", "\n".join(text), 0)
+            w.add_figure("forgetting_matrix", _heatmap(mean, positions), 0)
+
+
+def _heatmap(matrix: list[list[float | None]], labels: list[str]) -> Any:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    values = np.array([[np.nan if v is None else v for v in row] for row in matrix])
+    fig = Figure(figsize=(1 + 0.6 * len(labels), 1 + 0.5 * len(labels)))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    image = ax.imshow(values, vmin=0.0, vmax=1.0, cmap="viridis")
+    ax.set_xticks(range(len(labels)), labels)
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("accuracy on passage")
+    ax.set_ylabel("after learning passage")
+    fig.colorbar(image, ax=ax)
+    fig.tight_layout()
+    return fig
