@@ -22,7 +22,8 @@ from selfedit.agents.fixed import HUMAN_BASELINES
 from selfedit.envs import prompts
 from selfedit.envs.templates import Template, TemplateError, parse_template
 
-__all__ = ["ArchiveAgent", "ArchiveRecord", "MetaPromptAgent", "NoveltyArchiveAgent"]
+__all__ = ["ArchiveAgent", "ArchiveRecord", "MetaPromptAgent", "NoveltyArchiveAgent",
+           "parse_reply"]
 
 # Starting the reply inside the JSON object steers small models into the format; the
 # parser still accepts anything a larger model writes instead.
@@ -32,6 +33,23 @@ JSON_PREFIX = '{"data_creation_instruction": "'
 def _repairs(text: str) -> list[str]:
     """The reply, then the same reply with the closers a truncated JSON object lacks."""
     return [text, text + "}", text + "}}", text + '"}', text + '"}}']
+
+
+def parse_reply(reply: str) -> Template | None:
+    """A model's reply as a template, closing a truncated JSON object; None if invalid.
+
+    >>> parse_reply('{"data_creation_instruction": "List facts').data_creation_instruction
+    'List facts'
+    >>> parse_reply("no json") is None
+    True
+    """
+    for candidate in _repairs(reply):
+        try:
+            template, _ = parse_template(candidate)
+            return template
+        except TemplateError:
+            continue
+    return None
 
 
 class MetaPromptAgent(BaseAgent):
@@ -106,7 +124,7 @@ class MetaPromptAgent(BaseAgent):
                 for i, reply in zip(group, replies, strict=True):
                     self.counts["attempts"] += 1
                     last[i] = reply
-                    template = self._parse(reply)
+                    template = parse_reply(reply)
                     if template is None:
                         self.counts["invalid_outputs"] += 1
                     else:
@@ -120,16 +138,6 @@ class MetaPromptAgent(BaseAgent):
             else:
                 out.append(r)
         return out
-
-    @staticmethod
-    def _parse(reply: str) -> Template | None:
-        for candidate in _repairs(reply):
-            try:
-                template, _ = parse_template(candidate)
-                return template
-            except TemplateError:
-                continue
-        return None
 
     def state_dict(self) -> dict[str, Any]:
         return {"rng": self.rng.bit_generator.state, "counts": dict(self.counts)}

@@ -19,6 +19,9 @@ MODULES = [
     "selfedit.training.collapse",
     "selfedit.training.config",
     "selfedit.training.stats",
+    "selfedit.training.grpo",
+    "selfedit.training.checkpoint",
+    "selfedit.agents.llm",
     "selfedit.envs.grading",
 ]
 

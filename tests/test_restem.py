@@ -233,16 +233,6 @@ def test_cli_train_and_resume_of_a_finished_run(tiny_model_dir, tmp_path, capsys
     assert "drop --config and overrides" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("module", ["selfedit.training.restem", "selfedit.training.grpo",
-                                    "selfedit.training.checkpoint"])
-def test_doctests(module: str) -> None:
-    import doctest
-    import importlib
-
-    result = doctest.testmod(importlib.import_module(module))
-    assert result.attempted > 0 and result.failed == 0
-
-
 def test_select_winners_filters_by_gain_and_keeps_best_completions():
     from selfedit.envs.selfedit_env import load_env_corpus
     from selfedit.envs.templates import Template

@@ -109,8 +109,7 @@ class ContinualConfig:
 
 def load_continual_config(path: str | Path | None,
                           overrides: list[str] | None = None) -> ContinualConfig:
-    from selfedit.training.config import apply_overrides
-    from selfedit.training.restem import read_yaml
+    from selfedit.training.config import apply_overrides, read_yaml
 
     return ContinualConfig.from_dict(
         apply_overrides(read_yaml(Path(path) if path else None), overrides or []))

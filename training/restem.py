@@ -48,13 +48,13 @@ import numpy as np
 import yaml
 
 from selfedit.agents.fixed import HUMAN_BASELINES
-from selfedit.agents.llm import JSON_PREFIX, MetaPromptAgent
+from selfedit.agents.llm import JSON_PREFIX, MetaPromptAgent, parse_reply
 from selfedit.envs import prompts
 from selfedit.envs.backend import HFBackend, check_model_source
 from selfedit.envs.config import ConfigError, EnvConfig, check_keys, check_types
 from selfedit.envs.corpus import Corpus
 from selfedit.envs.selfedit_env import SelfEditEnv, cfg_prompt, load_env_corpus
-from selfedit.envs.templates import Template, TemplateError, parse_template
+from selfedit.envs.templates import Template
 from selfedit.training.checkpoint import (
     EvalCache,
     apply_adapter,
@@ -66,7 +66,7 @@ from selfedit.training.checkpoint import (
     write_checkpoint,
     write_json_atomic,
 )
-from selfedit.training.config import apply_overrides
+from selfedit.training.config import apply_overrides, read_yaml
 from selfedit.training.runlog import to_jsonable
 
 __all__ = [
@@ -254,24 +254,6 @@ def env_for_policy_training(env: EnvConfig, completions: int, *, key: str) -> En
     return replace(env, completions_per_passage=completions)
 
 
-def read_yaml(path: Path | None) -> dict[str, Any]:
-    if path is None:
-        return {}
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist (see configs/ for examples)")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(err, "problem", None) or str(err).strip().splitlines()[0]
-        raise ConfigError(f"config file {path} is not valid YAML{where}: {problem}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"config file {path} must hold a mapping of keys to values")
-    return raw
-
-
 def load_train_config(path: str | Path | None, overrides: list[str] | None = None) -> Any:
     """Read a training config; its ``algorithm`` key (restem or grpo) picks the dataclass."""
     raw = apply_overrides(read_yaml(Path(path) if path else None), overrides or [])
@@ -331,26 +313,8 @@ def canonical_json(template: Template) -> str:
     return json.dumps(body, ensure_ascii=False)
 
 
-def _repairs(text: str) -> list[str]:
-    # A reply cut by max_new_tokens lacks its closers; the same repairs as agents/llm.py.
-    return [text, text + "}", text + "}}", text + '"}', text + '"}}']
-
-
-def parse_policy_reply(reply: str) -> Template | None:
-    """A policy's reply as a template, closing a truncated JSON object; None if invalid.
-
-    >>> parse_policy_reply('{"data_creation_instruction": "List facts').data_creation_instruction
-    'List facts'
-    >>> parse_policy_reply("no json") is None
-    True
-    """
-    for candidate in _repairs(reply):
-        try:
-            template, _ = parse_template(candidate)
-            return template
-        except TemplateError:
-            continue
-    return None
+# The policy's replies are parsed exactly as the LLM agents parse theirs.
+parse_policy_reply = parse_reply
 
 
 class TemplatePolicy:
