@@ -34,9 +34,9 @@ import numpy as np
 from selfedit.agents.fixed import HUMAN_BASELINES
 from selfedit.agents.llm import JSON_PREFIX
 from selfedit.envs import prompts
-from selfedit.envs.backend import HFBackend, check_model_source
+from selfedit.envs.backend import HFBackend
 from selfedit.envs.config import ConfigError, EnvConfig, check_keys, check_types
-from selfedit.envs.selfedit_env import SelfEditEnv, load_env_corpus, normalized_gain
+from selfedit.envs.selfedit_env import SelfEditEnv, normalized_gain
 from selfedit.envs.templates import Template
 from selfedit.training.checkpoint import EvalCache, copy_policy_weights, rebase_env
 from selfedit.training.restem import (
@@ -47,6 +47,7 @@ from selfedit.training.restem import (
     canonical_json,
     check_disjoint,
     check_mode,
+    checked_corpus,
     env_for_policy_training,
     heldout_eval,
     heldout_table,
@@ -274,11 +275,7 @@ def train_grpo(cfg: GRPORunConfig, *, resume: Path | None = None, env: SelfEditE
     from selfedit.envs.update import DEFAULT_TARGET_MODULES
 
     # 1. Passages and files first; then the run directory, the env and the policy.
-    if env is None:
-        check_model_source(cfg.env.model)
-        corpus = load_env_corpus(cfg.env.corpus).select(cfg.env.passages)
-    else:
-        corpus = env.corpus
+    corpus = checked_corpus(cfg, env)
     train = resolve_passages(corpus, cfg.train_passages, key="train_passages")
     heldout: list[int] = []
     if cfg.heldout_passages is not None:

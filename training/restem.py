@@ -695,6 +695,15 @@ def load_policy(cfg: Any, env: SelfEditEnv, policy_backend: Any = None) -> Any:
                                        device=cfg.env.device)
 
 
+def checked_corpus(cfg: Any, env: SelfEditEnv | None) -> Corpus:
+    """The env's passage selection; without an env, model file and corpus are checked first,
+    so a bad path fails before any weights load or a run directory is made."""
+    if env is not None:
+        return env.corpus
+    check_model_source(cfg.env.model)
+    return load_env_corpus(cfg.env.corpus).select(cfg.env.passages)
+
+
 def _after_update(cfg: Any, env: SelfEditEnv, policy: Any) -> str:
     """New weights were merged into the policy: the fingerprints (cache keys) must follow."""
     if cfg.mode == "self":
@@ -709,11 +718,7 @@ def train_restem(cfg: RestemConfig, *, resume: Path | None = None, env: SelfEdit
 
     # 1. Passages and model files: a bad selection or a missing file fails before any
     #    weights load or a run directory is made.
-    if env is None:
-        check_model_source(cfg.env.model)
-        corpus = load_env_corpus(cfg.env.corpus).select(cfg.env.passages)
-    else:
-        corpus = env.corpus
+    corpus = checked_corpus(cfg, env)
     if cfg.mode == "separate" and policy_backend is None:
         check_model_source(cfg.policy_model)  # type: ignore[arg-type]
     train = resolve_passages(corpus, cfg.train_passages, key="train_passages")
