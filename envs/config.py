@@ -13,7 +13,8 @@ import typing
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
-__all__ = ["EnvConfig", "ConfigError", "check_keys", "check_types", "field_help"]
+__all__ = ["EnvConfig", "ConfigError", "check_keys", "check_types", "config_from_dict",
+           "field_help"]
 
 
 class ConfigError(ValueError):
@@ -130,6 +131,22 @@ class EnvConfig:
     def from_dict(cls, raw: dict[str, Any], *, where: str = "env") -> EnvConfig:
         check_keys(cls, raw, where=where)
         return cls(**raw)
+
+
+def config_from_dict(cls: type, raw: dict[str, Any], *, where: str,
+                     sections: dict[str, Any] | None = None) -> Any:
+    """Build a config dataclass from a mapping: keys checked, nested sections built.
+
+    ``sections`` maps a key to the function that builds it from its sub-mapping; ``env``
+    is always :meth:`EnvConfig.from_dict`.
+    """
+    check_keys(cls, raw, where=where)
+    builders = {"env": EnvConfig.from_dict, **(sections or {})}
+    raw = dict(raw)
+    for key, build in builders.items():
+        if key in raw:
+            raw[key] = build(raw[key] or {})
+    return cls(**raw)
 
 
 def check_keys(cls: type, raw: dict[str, Any], *, where: str) -> None:

@@ -8,7 +8,6 @@ from collections import Counter
 
 import numpy as np
 import pytest
-import torch
 
 import selfedit.agents.bandits as bandits
 from selfedit.agents import HUMAN_BASELINES
@@ -32,16 +31,6 @@ SMALL = TemplateLibrary.from_baselines(
     epochs=[3],
 )
 BEST = (1, 1, 1, 0)
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models run fastest on one thread; on 2 shared cores, more threads spin-wait
-    (a 0.2 s step took 6 s with two threads while another process was busy)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def synthetic_reward(arm: tuple[int, ...], rng: np.random.Generator, best=BEST) -> float:
     """Separable: 0.8 at the best arm, 0.25 less per wrong coordinate, Gaussian noise 0.1."""

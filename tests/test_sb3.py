@@ -21,16 +21,6 @@ LIBRARY = TemplateLibrary.from_baselines(["implications", "passage"], ranks=[4, 
 FAST = {"passages": "0:2", "baseline_cache": None, "completion_max_tokens": 12,
         "answer_max_tokens": 6}
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models run fastest on one thread; on 2 shared cores, more threads spin-wait
-    (a 0.2 s step took 6 s with two threads while another process was busy)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 pytestmark = pytest.mark.filterwarnings(
     # gymnasium's checker recommends checking the unwrapped env; the wrapper is the point here
     "ignore:.*different from the unwrapped version.*",

@@ -14,7 +14,12 @@ from typing import Any
 
 import yaml
 
-from selfedit.envs.config import ConfigError, EnvConfig, check_keys, check_types
+from selfedit.envs.config import (
+    ConfigError,
+    EnvConfig,
+    check_types,
+    config_from_dict,
+)
 
 __all__ = ["RunConfig", "apply_overrides", "load_config"]
 
@@ -64,11 +69,7 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> RunConfig:
-        check_keys(cls, raw, where="run")
-        raw = dict(raw)
-        if "env" in raw:
-            raw["env"] = EnvConfig.from_dict(raw["env"] or {})
-        return cls(**raw)
+        return config_from_dict(cls, raw, where="run")
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:

@@ -35,7 +35,12 @@ import torch
 
 from selfedit.agents.fixed import HUMAN_BASELINES
 from selfedit.envs.backend import check_model_source
-from selfedit.envs.config import ConfigError, EnvConfig, check_keys, check_types
+from selfedit.envs.config import (
+    ConfigError,
+    EnvConfig,
+    check_types,
+    config_from_dict,
+)
 from selfedit.envs.selfedit_env import SelfEditEnv, load_env_corpus
 from selfedit.envs.templates import Hyperparameters, Template, TemplateError
 from selfedit.training.checkpoint import lora_merged_weights, rebase_env, write_json_atomic
@@ -100,11 +105,7 @@ class ContinualConfig:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> ContinualConfig:
-        check_keys(cls, raw, where="continual")
-        raw = dict(raw)
-        if "env" in raw:
-            raw["env"] = EnvConfig.from_dict(raw["env"] or {})
-        return cls(**raw)
+        return config_from_dict(cls, raw, where="continual")
 
 
 def load_continual_config(path: str | Path | None,

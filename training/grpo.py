@@ -35,7 +35,12 @@ from selfedit.agents.fixed import HUMAN_BASELINES
 from selfedit.agents.llm import JSON_PREFIX
 from selfedit.envs import prompts
 from selfedit.envs.backend import HFBackend
-from selfedit.envs.config import ConfigError, EnvConfig, check_keys, check_types
+from selfedit.envs.config import (
+    ConfigError,
+    EnvConfig,
+    check_types,
+    config_from_dict,
+)
 from selfedit.envs.selfedit_env import SelfEditEnv, normalized_gain
 from selfedit.envs.templates import Template
 from selfedit.training.checkpoint import EvalCache, copy_policy_weights, rebase_env
@@ -147,11 +152,7 @@ class GRPORunConfig:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> GRPORunConfig:
-        check_keys(cls, raw, where="grpo")
-        raw = dict(raw)
-        if "env" in raw:
-            raw["env"] = EnvConfig.from_dict(raw["env"] or {})
-        return cls(**raw)
+        return config_from_dict(cls, raw, where="grpo")
 
 
 # ======================================================================================

@@ -51,7 +51,13 @@ from selfedit.agents.fixed import HUMAN_BASELINES
 from selfedit.agents.llm import JSON_PREFIX, MetaPromptAgent, parse_reply
 from selfedit.envs import prompts
 from selfedit.envs.backend import HFBackend, check_model_source
-from selfedit.envs.config import ConfigError, EnvConfig, check_keys, check_types
+from selfedit.envs.config import (
+    ConfigError,
+    EnvConfig,
+    check_keys,
+    check_types,
+    config_from_dict,
+)
 from selfedit.envs.corpus import Corpus
 from selfedit.envs.selfedit_env import SelfEditEnv, cfg_prompt, load_env_corpus
 from selfedit.envs.templates import Template
@@ -221,14 +227,10 @@ class RestemConfig:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> RestemConfig:
-        check_keys(cls, raw, where="restem")
-        raw = dict(raw)
-        if "sft" in raw:
-            check_keys(SFTSettings, raw["sft"] or {}, where="sft")
-            raw["sft"] = SFTSettings(**(raw["sft"] or {}))
-        if "env" in raw:
-            raw["env"] = EnvConfig.from_dict(raw["env"] or {})
-        return cls(**raw)
+        def sft(section: dict[str, Any]) -> SFTSettings:
+            return config_from_dict(SFTSettings, section, where="sft")
+
+        return config_from_dict(cls, raw, where="restem", sections={"sft": sft})
 
 
 def check_mode(mode: str, policy_model: str | None) -> None:
