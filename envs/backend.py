@@ -1,12 +1,16 @@
 """Model backends: load a causal LM once and generate from it in batches.
 
 The backend is an object handed to the env (like the grader and the update operator), so
-other engines (vLLM on a GPU) can slot in. Any object with this interface works::
+other engines can slot in. Any object with this interface works::
 
     backend.model, backend.tokenizer       # a torch module the update operator adapts
     backend.fingerprint                    # stable id of the weights, for caches
     backend.generate(prompts, max_new_tokens=..., temperature=..., seed=...) -> list[str]
     backend.count_tokens(text) -> int
+
+:func:`make_backend` builds the one ``EnvConfig.engine`` names: :class:`HFBackend`, or
+:class:`~selfedit.envs.vllm_backend.VLLMBackend` (generation on vLLM, training still on
+this module's transformers model).
 
 Models load from a hub id, a local directory, or a GGUF file. A GGUF model is converted
 once into a plain safetensors checkpoint in the cache directory: a model loaded from GGUF
@@ -26,14 +30,17 @@ from typing import Any
 
 import torch
 
-from selfedit.envs.config import ConfigError
+from selfedit.envs.config import ConfigError, EnvConfig
 
 __all__ = [
     "EMBEDDED_MODEL",
     "HFBackend",
     "cache_root",
+    "check_engine",
     "check_model_source",
     "embedded_gguf_path",
+    "make_backend",
+    "refuse_weight_updates",
     "resolve_model_path",
     "weights_checksum",
 ]
@@ -155,6 +162,58 @@ def check_model_source(model: str | os.PathLike[str]) -> None:
         )
 
 
+VLLM_INSTALL = 'pip install "selfedit-gym[vllm]"'
+
+
+def check_engine(engine: str, device: str | None = None) -> None:
+    """Cheap checks that ``engine`` can run on this machine, before any weights load.
+
+    Raises:
+        ConfigError: ``'vllm'`` without the vllm package, or without a CUDA device (one
+            line saying what is missing and what to do).
+    """
+    if engine != "vllm":
+        return
+    if importlib.util.find_spec("vllm") is None:
+        raise ConfigError(
+            f"env.engine 'vllm' needs the vllm package, which is not installed: run"
+            f" `{VLLM_INSTALL}` on a machine with a CUDA GPU, or set env.engine: hf"
+        )
+    if device is not None and not str(device).startswith("cuda"):
+        raise ConfigError(f"env.engine 'vllm' runs on a CUDA GPU, but env.device is {device!r};"
+                          " set env.device: cuda (or null), or env.engine: hf")
+    if not torch.cuda.is_available():
+        raise ConfigError("env.engine 'vllm' needs a CUDA GPU and torch sees none here; run on"
+                          " a GPU machine with a CUDA build of torch, or set env.engine: hf")
+
+
+def refuse_weight_updates(engine: str, *, run: str, fix: str) -> None:
+    """Refuse ``engine: vllm`` for a ``run`` that changes the env's base weights in place.
+
+    vLLM holds its own copy of the base weights, loaded once; it cannot follow a policy
+    update or a merged adapter (``VLLMBackend.refresh`` raises), so such runs fail here,
+    at configuration time, rather than after hours of work.
+    """
+    if engine == "vllm":
+        raise ConfigError(
+            f"{run} changes the env's base weights in place, and env.engine 'vllm' cannot"
+            f" follow them (vLLM serves its own copy of the weights, loaded once): {fix}"
+        )
+
+
+def make_backend(cfg: EnvConfig) -> HFBackend:
+    """The backend ``cfg.engine`` names, built from ``cfg``; engine checks run first."""
+    check_engine(cfg.engine, cfg.device)
+    if cfg.engine == "vllm":
+        from selfedit.envs.vllm_backend import VLLMBackend
+
+        return VLLMBackend(cfg.model, dtype=cfg.dtype, device=cfg.device,
+                           gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
+                           max_model_len=cfg.vllm_max_model_len)
+    return HFBackend(cfg.model, dtype=cfg.dtype, device=cfg.device,
+                     attn_implementation=cfg.attn_implementation)
+
+
 def resolve_model_path(model: str | os.PathLike[str]) -> str:
     """Map ``model`` to something ``from_pretrained`` loads without a quant marker.
 
@@ -212,6 +271,9 @@ class HFBackend:
         device: ``"cpu"``, ``"cuda"``, ... (default: cuda when available).
         batch_size: prompts per generate call.
         chat: wrap prompts in the tokenizer's chat template when it has one.
+        attn_implementation: transformers' attention kernel (``"sdpa"``, ``"eager"``);
+            None = transformers' default. On a CPU, eager trains a bf16 model faster
+            (``selfedit bench inner-loop``).
     """
 
     def __init__(
@@ -223,6 +285,7 @@ class HFBackend:
         device: str | None = None,
         batch_size: int = 16,
         chat: bool = True,
+        attn_implementation: str | None = None,
     ) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -239,7 +302,9 @@ class HFBackend:
             path = resolve_model_path(model)
             try:
                 self.tokenizer = tokenizer or AutoTokenizer.from_pretrained(path)
-                self.model = AutoModelForCausalLM.from_pretrained(path, dtype=_DTYPES[dtype])
+                self.model = AutoModelForCausalLM.from_pretrained(
+                    path, dtype=_DTYPES[dtype], attn_implementation=attn_implementation
+                )
             except (OSError, ValueError, KeyError, RuntimeError) as err:
                 # One line naming the model and the path, not a transformers traceback.
                 raise ConfigError(
@@ -273,6 +338,10 @@ class HFBackend:
             [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
         )
 
+    def prompt_texts(self, prompts: Sequence[str], response_prefix: str = "") -> list[str]:
+        """The exact texts the model continues: each prompt formatted, then the prefix."""
+        return [self.format_prompt(p) + response_prefix for p in prompts]
+
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
@@ -301,7 +370,7 @@ class HFBackend:
         if seed is not None:
             torch.manual_seed(seed)
         outputs: list[str] = []
-        texts = [self.format_prompt(p) + response_prefix for p in prompts]
+        texts = self.prompt_texts(prompts, response_prefix)
         for start in range(0, len(texts), self.batch_size):
             batch = tok(
                 texts[start : start + self.batch_size],

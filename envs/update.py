@@ -12,6 +12,11 @@ The env only sees this protocol, so full fine-tuning or singular-value experts
 ``max_seconds`` is what is left of the env's step budget (``max_step_seconds``); an operator
 stops training when it is spent and says so in ``stats.notes``.
 
+A backend that generates outside ``backend.model`` (vLLM serves its own copy of the weights)
+learns of the adapter through two optional hooks, called only when the backend has them:
+``backend.adapter_ready(peft_model)`` once the adapter is trained, inside the block before
+its body runs, and ``backend.adapter_done()`` when the block is left, however it is left.
+
 :class:`LoRAUpdate` is the lean loop the design measured (DESIGN.md): a fresh PEFT LoRA per
 step on the already-loaded model, AdamW on the adapter only, dynamic padding (never padding
 to a fixed length), no Trainer built per request.
@@ -76,6 +81,8 @@ class UpdateOperator(Protocol):
     On leaving the block, whether it ended normally or by an exception, the base weights
     must be bit-identical to before (the env checks it with ``weights_checksum``). A
     failure the caller should know about (a non-finite loss) goes into ``stats.error``.
+    An operator that builds an adapter calls the backend's optional ``adapter_ready`` and
+    ``adapter_done`` hooks (module docstring).
     """
 
     name: str
@@ -89,6 +96,13 @@ class UpdateOperator(Protocol):
         seed: int,
         max_seconds: float | None = None,
     ) -> contextlib.AbstractContextManager[UpdateStats]: ...
+
+
+def _call_hook(backend: Any, name: str, *args: Any) -> None:
+    """Call the backend's optional adapter hook ``name`` if it has one (HFBackend has none)."""
+    hook = getattr(backend, name, None)
+    if hook is not None:
+        hook(*args)
 
 
 class LoRAUpdate:
@@ -191,14 +205,18 @@ class LoRAUpdate:
                                                                          max_seconds)
             self._train(peft_model, backend, sequences, hp, seed, stats, budget)
             stats.seconds = time.perf_counter() - start
+            _call_hook(backend, "adapter_ready", peft_model)  # e.g. vLLM: save, serve it
             yield stats
         finally:
-            restored = peft_model.unload()  # drops the LoRA layers, restores the base modules
-            if restored is not model:
-                raise RuntimeError("LoRA unload returned a different model object")
-            for name, param in model.named_parameters():
-                param.requires_grad_(grad_state.get(name, False))
-            model.eval()
+            try:
+                _call_hook(backend, "adapter_done")
+            finally:
+                restored = peft_model.unload()  # drops the LoRA layers, restores the base
+                if restored is not model:
+                    raise RuntimeError("LoRA unload returned a different model object")
+                for name, param in model.named_parameters():
+                    param.requires_grad_(grad_state.get(name, False))
+                model.eval()
 
     def _train(
         self,

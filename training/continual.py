@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from selfedit.agents.fixed import HUMAN_BASELINES
-from selfedit.envs.backend import check_model_source
+from selfedit.envs.backend import check_model_source, refuse_weight_updates
 from selfedit.envs.config import (
     ConfigError,
     EnvConfig,
@@ -83,6 +83,8 @@ class ContinualConfig:
         if self.env.action_mode != "template":
             raise ConfigError("continual mode applies a template: env.action_mode must be "
                               "'template'")
+        refuse_weight_updates(self.env.engine, run="continual mode (it merges each adapter)",
+                              fix="set env.engine: hf")
         self.build_template()  # fail now, not after the model loaded
 
     def build_template(self) -> Template:

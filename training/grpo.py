@@ -126,7 +126,7 @@ class GRPORunConfig:
         check_types(self, where="grpo")
         if self.algorithm != "grpo":
             raise ConfigError(f"algorithm must be 'grpo' here, got {self.algorithm!r}")
-        check_mode(self.mode, self.policy_model)
+        check_mode(self.mode, self.policy_model, self.env.engine)
         for name in ("steps", "prompts_per_step", "max_new_tokens", "completions_per_passage",
                      "passages_per_reward"):
             if getattr(self, name) < 1:

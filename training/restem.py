@@ -50,7 +50,12 @@ import yaml
 from selfedit.agents.fixed import HUMAN_BASELINES
 from selfedit.agents.llm import JSON_PREFIX, MetaPromptAgent, parse_reply
 from selfedit.envs import prompts
-from selfedit.envs.backend import HFBackend, check_model_source
+from selfedit.envs.backend import (
+    HFBackend,
+    check_engine,
+    check_model_source,
+    refuse_weight_updates,
+)
 from selfedit.envs.config import (
     ConfigError,
     EnvConfig,
@@ -192,7 +197,7 @@ class RestemConfig:
         check_types(self, where="restem")
         if self.algorithm != "restem":
             raise ConfigError(f"algorithm must be 'restem' here, got {self.algorithm!r}")
-        check_mode(self.mode, self.policy_model)
+        check_mode(self.mode, self.policy_model, self.env.engine)
         for name in ("iterations", "templates_per_iteration", "completions_per_passage",
                      "keep_per_passage", "completions_kept", "max_new_tokens"):
             if getattr(self, name) < 1:
@@ -233,7 +238,7 @@ class RestemConfig:
         return config_from_dict(cls, raw, where="restem", sections={"sft": sft})
 
 
-def check_mode(mode: str, policy_model: str | None) -> None:
+def check_mode(mode: str, policy_model: str | None, engine: str = "hf") -> None:
     if mode not in ("self", "separate"):
         raise ConfigError(f"mode must be 'self' or 'separate', got {mode!r}")
     if mode == "separate" and not policy_model:
@@ -241,6 +246,9 @@ def check_mode(mode: str, policy_model: str | None) -> None:
     if mode == "self" and policy_model:
         raise ConfigError("mode: self uses the env's model as the policy; drop policy_model "
                           "or set mode: separate")
+    if mode == "self":  # the env's base model is the policy, updated after every iteration
+        refuse_weight_updates(engine, run="mode: self",
+                              fix="set env.engine: hf, or mode: separate with a policy_model")
 
 
 def env_for_policy_training(env: EnvConfig, completions: int, *, key: str) -> EnvConfig:
@@ -702,6 +710,7 @@ def checked_corpus(cfg: Any, env: SelfEditEnv | None) -> Corpus:
     so a bad path fails before any weights load or a run directory is made."""
     if env is not None:
         return env.corpus
+    check_engine(cfg.env.engine, cfg.env.device)
     check_model_source(cfg.env.model)
     return load_env_corpus(cfg.env.corpus).select(cfg.env.passages)
 
