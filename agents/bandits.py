@@ -450,16 +450,37 @@ class UCB1Agent(LibraryAgent):
         self.c = float(c)
         self.order: list[int] = [int(i) for i in self.rng.permutation(self.library.n_arms)]
 
-    def propose(self) -> int:
+    def propose(self, pending: Sequence[int] | None = None) -> int:
+        """The next arm; ``pending`` counts arms proposed in this batch but not yet observed.
+
+        A pending proposal counts as a pull whose reward is the arm's mean so far (the
+        mean over all arms for an arm never observed): its bonus shrinks and the next
+        proposal of a batch moves on, instead of every proposal of a batch repeating the
+        same arm until results return (batched UCB with "believed" outcomes).
+        """
+        pending = pending or [0] * self.library.n_arms
+        counts = [p + q for p, q in zip(self.pulls, pending, strict=True)]
         for i in self.order:
-            if self.pulls[i] == 0:
+            if counts[i] == 0:
                 return i
-        log_t = math.log(self.t)
+        log_t = math.log(self.t + sum(pending))
+        overall = sum(self.reward_sums) / self.t if self.t else 0.0
 
         def score(i: int) -> float:
-            return self.mean(i) + self.c * math.sqrt(log_t / self.pulls[i])
+            mean = self.mean(i) if self.pulls[i] else overall
+            return mean + self.c * math.sqrt(log_t / counts[i])
 
         return max(self.order, key=score)  # max keeps the first of equal scores
+
+    def act_batch(self, observations: Sequence[dict[str, Any]],
+                  infos: Sequence[dict[str, Any]]) -> list[Action]:
+        pending = [0] * self.library.n_arms
+        actions: list[Action] = []
+        for _ in observations:
+            i = self.propose(pending)
+            pending[i] += 1
+            actions.append(self.library.template(self.library.arm(i)))
+        return actions
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "c": self.c, "order": list(self.order)}

@@ -16,7 +16,7 @@ import numpy as np
 from gymnasium import spaces
 
 from selfedit.envs import grading, prompts
-from selfedit.envs.backend import HFBackend, cache_root, weights_checksum
+from selfedit.envs.backend import cache_root, make_backend, weights_checksum
 from selfedit.envs.config import ConfigError, EnvConfig
 from selfedit.envs.corpus import Corpus, Passage, load_corpus
 from selfedit.envs.parsing import parse_self_edit, parse_sequences
@@ -191,7 +191,7 @@ class SelfEditEnv(gym.Env):
                 f"passages_per_step={cfg.passages_per_step} but the corpus selection has only"
                 f" {len(self.corpus)} passages"
             )
-        self.backend = backend or HFBackend(cfg.model, dtype=cfg.dtype, device=cfg.device)
+        self.backend = backend or make_backend(cfg)  # cfg.engine: transformers or vLLM
         kwargs: dict[str, Any] = {
             "micro_batch_size": cfg.micro_batch_size,
             "max_seq_tokens": cfg.max_seq_tokens,
@@ -459,8 +459,21 @@ class SelfEditEnv(gym.Env):
             accuracy=metrics[self.grader_name],
             base_accuracy=base["metrics"][self.grader_name],
             update=stats.to_dict(),
-            timings=Timings(train_s=train_s, answer_s=answer_s, grade_s=grade_s),
+            # train_loop_s: the optimizer loop alone (train_s adds adapter set-up/teardown)
+            timings=Timings(train_s=train_s, train_loop_s=stats.seconds, answer_s=answer_s,
+                            grade_s=grade_s),
         )
+
+    def evaluate_sequences(
+        self, passage: Passage, hyperparameters: Hyperparameters, sequences: list[str], *,
+        seed: int,
+    ) -> PassageResult:
+        """The inner loop alone: train on ``sequences``, answer ``passage``'s questions, grade.
+
+        What a step does per (passage, completion) once the training data exists, with the
+        baseline from the env's cache; ``selfedit bench inner-loop`` times this.
+        """
+        return self._evaluate_passage(passage, hyperparameters, sequences, seed)
 
     def _answer(self, questions: list[str]) -> list[str]:
         texts = [prompts.ANSWER_PROMPT.format(question=q) for q in questions]
@@ -542,9 +555,19 @@ class SelfEditEnv(gym.Env):
             ),
             results=[_result_dict(r) for r in results],
         )
-        if template is not None and self.config.action_mode == "template":
-            self._archive.append((template.to_dict(), accuracy))
+        if template is not None:
+            self.record(template.to_dict(), accuracy)
         return self._observation(), accuracy, True, False, info
+
+    def record(self, template: dict[str, Any], accuracy: float) -> None:
+        """Add an evaluated template to the archive that observations show.
+
+        ``step`` records its own template; a step evaluated elsewhere (a Ray worker's env,
+        issue 6) is recorded here, so the observations of this env are those of the env
+        that would have run every step itself. Self-edit mode keeps no archive.
+        """
+        if self.config.action_mode == "template":
+            self._archive.append((template, float(accuracy)))
 
     def _invalid(
         self, message: str, info: dict[str, Any], start: float

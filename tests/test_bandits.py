@@ -160,6 +160,19 @@ def test_ucb1_plays_every_arm_once_in_a_seeded_order() -> None:
     assert first == again and first != other
 
 
+def test_ucb1_batch_spreads_over_arms_instead_of_repeating_one() -> None:
+    agent = UCB1Agent(SMALL, seed=0)
+    n = SMALL.n_arms
+    batch = [SMALL.arm_of(a) for a in agent.act_batch([{}] * n, [{}] * n)]
+    assert sorted(batch) == sorted(SMALL.arms())  # one of each before any result returns
+    rng = np.random.default_rng(0)
+    for template in agent.act_batch([{}] * n, [{}] * n):
+        agent.observe(template, float(rng.uniform()), {})
+    later = [SMALL.arm_of(a) for a in agent.act_batch([{}] * 3, [{}] * 3)]
+    assert len(set(later)) > 1  # a pending pull shrinks its arm's bonus
+    assert later[0] == SMALL.arm_of(agent.act({}, {}))  # the first equals a lone proposal
+
+
 def test_evolution_fills_the_population_then_mutates_elites() -> None:
     agent = EvolutionAgent(SMALL, population=4, mutation_rate=1.0, seed=3)
     rng = np.random.default_rng(0)

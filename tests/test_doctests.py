@@ -18,6 +18,7 @@ MODULES = [
     "selfedit.agents.bandits",
     "selfedit.training.collapse",
     "selfedit.training.config",
+    "selfedit.training.run",
     "selfedit.training.stats",
     "selfedit.training.grpo",
     "selfedit.training.checkpoint",

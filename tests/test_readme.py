@@ -7,7 +7,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from selfedit.envs.config import EnvConfig
-from selfedit.training.config import RunConfig
+from selfedit.training.config import ExecutorConfig, RunConfig
 
 REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text()
@@ -30,11 +30,13 @@ def test_main_command_uses_a_config_that_exists() -> None:
 
 
 def test_config_reference_lists_every_key() -> None:
+    sections = {"env": EnvConfig, "executor": ExecutorConfig}
     for f in fields(RunConfig):
-        if f.name != "env":
+        if f.name not in sections:
             assert f"| `{f.name}` |" in README, f.name
-    for f in fields(EnvConfig):
-        assert f"| `env.{f.name}` |" in README, f.name
+    for section, cls in sections.items():
+        for f in fields(cls):
+            assert f"| `{section}.{f.name}` |" in README, f"{section}.{f.name}"
 
 
 def test_every_shipped_config_validates() -> None:

@@ -32,7 +32,6 @@ import shlex
 import shutil
 import subprocess
 import sys
-import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -58,7 +57,6 @@ __all__ = [
     "BudgetError",
     "Comparison",
     "NoiseSummary",
-    "TimedEnv",
     "Unit",
     "benchmark",
     "check_budgets",
@@ -202,40 +200,6 @@ def passage_split(cfg: BenchmarkConfig, corpus: Corpus | None = None) -> dict[st
             " tuning: pick disjoint selections"
         )
     return {"report": report, "tuning": tuning}
-
-
-# --- timing the agent's own work --------------------------------------------------------
-class TimedEnv:
-    """The env, plus the agent's own time per step in ``info["timings"]["act_s"]``.
-
-    The runner times the env's step; an LLM agent spends comparable time *writing* the
-    template between ``reset`` and ``step``. This thin proxy measures that gap, so the
-    benchmark's wall time charges each agent for its own thinking. Every other attribute
-    (``corpus``, ``backend``, ``config``, ...) is the wrapped env's.
-    """
-
-    def __init__(self, env: Any) -> None:
-        self.env = env
-        self._ready: float | None = None
-
-    def __getattr__(self, name: str) -> Any:
-        if name == "env":  # not set yet (e.g. during unpickling): no recursion
-            raise AttributeError(name)
-        return getattr(self.env, name)
-
-    def reset(self, **kwargs: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-        out = self.env.reset(**kwargs)
-        self._ready = time.perf_counter()
-        return out
-
-    def step(self, action: Any) -> tuple[dict[str, Any], float, bool, bool, dict[str, Any]]:
-        act_s = 0.0 if self._ready is None else time.perf_counter() - self._ready
-        self._ready = None
-        obs, reward, terminated, truncated, info = self.env.step(action)
-        if info.get("timings") is None:
-            info["timings"] = {}
-        info["timings"]["act_s"] = act_s
-        return obs, reward, terminated, truncated, info
 
 
 # --- budgets ------------------------------------------------------------------------------
@@ -677,8 +641,9 @@ def benchmark(
         command: the command line to record (default: ``selfedit`` + ``sys.argv[1:]``).
         env: an env to use instead of building one from ``cfg.run.env`` (tests).
     """
-    from selfedit.envs.backend import check_model_source
+    from selfedit.envs.backend import check_engine, check_model_source
     from selfedit.envs.selfedit_env import SelfEditEnv, load_env_corpus
+    from selfedit.training.executor import check_executor, make_executor
     from selfedit.training.run import run
 
     # 1. Checks that load no weights: agents, the passage split, the model files, the
@@ -687,8 +652,10 @@ def benchmark(
     corpus = load_env_corpus(cfg.run.env.corpus)
     split = passage_split(cfg, corpus)
     if env is None:
+        check_engine(cfg.run.env.engine, cfg.run.env.device)
         check_model_source(cfg.run.env.model)
     _check_judge_key(cfg)
+    check_executor(cfg.run.executor)
     command = command or shlex.join(["selfedit", *sys.argv[1:]])
 
     # 2. The directory: new (refusing to overwrite) or resumed.
@@ -699,14 +666,16 @@ def benchmark(
     print(f"benchmark {cfg.run.name}: agents {names}; {len(split['report'])} report passages;"
           f" directory {bench_dir}", flush=True)
 
-    # 3. The runs: the table's, then the noise repeats; one env, so one model load.
-    env = TimedEnv(env if env is not None else SelfEditEnv(cfg.run.env, corpus=corpus))
-    _prepare_run_dir(bench_dir / "run", cfg.run, command)
-    run(cfg.run, resume=bench_dir / "run", env=env)
-    if cfg.noise_repeats:
-        noise_cfg = cfg.noise_run_config()
-        _prepare_run_dir(bench_dir / "noise", noise_cfg, command)
-        run(noise_cfg, resume=bench_dir / "noise", env=env)
+    # 3. The runs: the table's, then the noise repeats; one env and one executor (its Ray
+    #    actors, if any), so each model loads once. The runner times each agent's own work.
+    env = env if env is not None else SelfEditEnv(cfg.run.env, corpus=corpus)
+    with make_executor(cfg.run.executor, cfg.run.env) as executor:
+        _prepare_run_dir(bench_dir / "run", cfg.run, command)
+        run(cfg.run, resume=bench_dir / "run", env=env, executor=executor)
+        if cfg.noise_repeats:
+            noise_cfg = cfg.noise_run_config()
+            _prepare_run_dir(bench_dir / "noise", noise_cfg, command)
+            run(noise_cfg, resume=bench_dir / "noise", env=env, executor=executor)
 
     # 4. Budgets, statistics, plots, report.
     report = write_report(bench_dir)

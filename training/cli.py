@@ -5,20 +5,27 @@
     selfedit recitation [--corpus ...] # how much reciting the passage scores per grader
     selfedit benchmark --config configs/benchmark_cpu.yaml [key=value ...] [--force]
     selfedit benchmark --resume results/benchmark_cpu   # finish a killed benchmark
+    selfedit benchmark --config ... --executor ray executor.workers=2 executor.batch=2
     selfedit train --config configs/restem_cpu.yaml [key=value ...]  # ReST-EM or GRPO
     selfedit train --resume results/restem_cpu__0__<time>            # continue a killed run
     selfedit continual --config configs/continual_cpu.yaml           # forgetting matrix
+    selfedit bench inner-loop          # lean inner loop vs a SEAL-style loop, FLOP fraction
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shlex
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from selfedit.envs.config import ConfigError, EnvConfig, field_help
 from selfedit.envs.templates import TemplateError
+
+if TYPE_CHECKING:
+    from selfedit.training.config import RunConfig
 
 __all__ = ["main"]
 
@@ -32,6 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--config", type=Path, help="YAML config (see configs/)")
     run.add_argument("--resume", type=Path,
                      help="continue a run directory, skipping finished steps")
+    _add_executor_option(run)
     run.add_argument("overrides", nargs="*", help="key=value overrides, e.g. env.passages=0:4")
 
     keys = sub.add_parser("keys", help="list every config key with its default and help")
@@ -62,9 +70,71 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--report-only", type=Path, metavar="DIR",
                        help="rebuild the report and plots of a benchmark directory from its "
                        "records (no model is loaded)")
+    _add_executor_option(bench)
     bench.add_argument("overrides", nargs="*", help="key=value overrides, e.g. noise_repeats=2")
     _add_training_commands(sub)
+    _add_bench_commands(sub)
     return parser
+
+
+def _add_bench_commands(sub: argparse._SubParsersAction) -> None:
+    from selfedit.training.innerloop import InnerLoopConfig
+
+    bench = sub.add_parser("bench", help="speed benchmarks (inner-loop)")
+    kinds = bench.add_subparsers(dest="bench", required=True)
+    inner = kinds.add_parser(
+        "inner-loop", help="the project's inner loop against a SEAL-style reference on the "
+        "same work, matmul peak, FLOP fraction, generation tokens/s, memory",
+        description="Writes <output>/report.md and report.json (see training/innerloop.py).")
+    d = InnerLoopConfig()
+    inner.add_argument("--model", default=d.model, help="model (default: embedded)")
+    inner.add_argument("--dtypes", default=",".join(d.dtypes),
+                       help="precisions to compare, the first also runs the reference")
+    inner.add_argument("--corpus", default=d.corpus)
+    inner.add_argument("--passages", default=d.passages, help="selection, e.g. 0:3")
+    inner.add_argument("--template", default=d.template, help="human baseline whose "
+                       "instruction and hyperparameters make the work")
+    inner.add_argument("--num-epochs", type=int, default=None,
+                       help="override the template's epochs (default: its own)")
+    inner.add_argument("--repeats", type=int, default=d.repeats,
+                       help="requests per passage (later ones find the baseline cached)")
+    inner.add_argument("--reference-requests", type=int, default=d.reference_requests,
+                       help="SEAL-style requests to time (0 skips the reference)")
+    inner.add_argument("--attentions", default=",".join(d.attentions),
+                       help="attention kernels of the lean rows (sdpa, eager); the first"
+                       " also runs the reference")
+    inner.add_argument("--micro-batch-size", type=int, default=d.micro_batch_size)
+    inner.add_argument("--micro-batch-sizes", default=",".join(map(str, d.micro_batch_sizes)),
+                       help="micro-batch sizes of the training-throughput sweep")
+    inner.add_argument("--completion-max-tokens", type=int, default=d.completion_max_tokens)
+    inner.add_argument("--matmul-size", type=int, default=d.matmul_size)
+    inner.add_argument("--pad-to", type=int, default=d.pad_to,
+                       help="the reference's fixed sequence length (SEAL pads to 2048)")
+    inner.add_argument("--threads", type=int, default=None, help="torch threads")
+    inner.add_argument("--output", default=d.output, help="report directory")
+    inner.add_argument("--seed", type=int, default=d.seed)
+
+
+def _bench(args: argparse.Namespace, argv: list[str]) -> int:
+    from selfedit.training.innerloop import InnerLoopConfig, run_inner_loop_bench
+
+    try:
+        sizes = [int(x) for x in args.micro_batch_sizes.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"--micro-batch-sizes must be integers like 1,4,16, got "
+                          f"{args.micro_batch_sizes!r}") from None
+    cfg = InnerLoopConfig(
+        model=args.model, dtypes=[x.strip() for x in args.dtypes.split(",") if x.strip()],
+        corpus=args.corpus, passages=args.passages, template=args.template,
+        attentions=[x.strip() for x in args.attentions.split(",") if x.strip()],
+        num_epochs=args.num_epochs, repeats=args.repeats,
+        reference_requests=args.reference_requests, micro_batch_size=args.micro_batch_size,
+        micro_batch_sizes=sizes, completion_max_tokens=args.completion_max_tokens,
+        matmul_size=args.matmul_size, pad_to=args.pad_to, threads=args.threads,
+        output=args.output, seed=args.seed,
+    )
+    run_inner_loop_bench(cfg, command=shlex.join(["selfedit", *argv]))
+    return 0
 
 
 def _benchmark_keys() -> str:
@@ -77,6 +147,23 @@ def _benchmark_keys() -> str:
     return "\n".join(lines)
 
 
+def _add_executor_option(parser: argparse.ArgumentParser) -> None:
+    from selfedit.training.config import EXECUTOR_TYPES
+
+    parser.add_argument(
+        "--executor", choices=EXECUTOR_TYPES,
+        help="where env steps run: serial (here) or ray (Ray actors; executor.workers, "
+        "executor.batch, executor.address as key=value). Sets executor.type; allowed with "
+        "--resume, as it does not change results")
+
+
+def _with_executor(cfg: RunConfig, kind: str | None) -> RunConfig:
+    """``cfg`` (a RunConfig) with ``executor.type`` set from ``--executor``, if given."""
+    if kind is not None:
+        cfg.executor = dataclasses.replace(cfg.executor, type=kind)
+    return cfg
+
+
 def _benchmark(args: argparse.Namespace, argv: list[str]) -> int:
     from selfedit.training.benchmark import (
         BudgetError,
@@ -87,7 +174,7 @@ def _benchmark(args: argparse.Namespace, argv: list[str]) -> int:
 
     try:
         if args.report_only is not None:
-            if args.config or args.overrides or args.resume or args.force:
+            if args.config or args.overrides or args.resume or args.force or args.executor:
                 raise ConfigError("--report-only reads the directory's own records and config;"
                                   " drop the other options")
             print(f"report: {write_report(args.report_only)}")
@@ -101,11 +188,13 @@ def _benchmark(args: argparse.Namespace, argv: list[str]) -> int:
                 raise ConfigError(f"--resume {args.resume}: no benchmark.yaml there; is it a "
                                   "benchmark directory?")
             cfg = load_benchmark_config(args.resume / "benchmark.yaml")
+            _with_executor(cfg.run, args.executor)
             benchmark(cfg, resume=args.resume, command=command)
         else:
             if args.config is None:
                 raise ConfigError("give --config configs/benchmark_<...>.yaml (or --resume DIR)")
             cfg = load_benchmark_config(args.config, args.overrides)
+            _with_executor(cfg.run, args.executor)
             benchmark(cfg, force=args.force, command=command)
     except BudgetError as err:
         print(f"selfedit: error: {err}", file=sys.stderr)
@@ -114,23 +203,26 @@ def _benchmark(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def _keys(markdown: bool = False) -> str:
-    from selfedit.training.config import RunConfig
+    from selfedit.training.config import ExecutorConfig, RunConfig
 
+    sections = {"env": EnvConfig, "executor": ExecutorConfig}
     if markdown:
         rows = ["| key | default | meaning |", "|---|---|---|"]
         for name, default, text in field_help(RunConfig):
-            if name != "env":
+            if name not in sections:
                 rows.append(f"| `{name}` | `{default}` | {text} |")
-        for name, default, text in field_help(EnvConfig):
-            rows.append(f"| `env.{name}` | `{default}` | {text} |")
+        for section, cls in sections.items():
+            for name, default, text in field_help(cls):
+                rows.append(f"| `{section}.{name}` | `{default}` | {text} |")
         return "\n".join(rows)
     lines = ["run keys:"]
     for name, default, text in field_help(RunConfig):
-        if name != "env":
+        if name not in sections:
             lines.append(f"  {name} = {default}\n      {text}")
-    lines.append("env keys (under env:):")
-    for name, default, text in field_help(EnvConfig):
-        lines.append(f"  env.{name} = {default}\n      {text}")
+    for section, cls in sections.items():
+        lines.append(f"{section} keys (under {section}:):")
+        for name, default, text in field_help(cls):
+            lines.append(f"  {section}.{name} = {default}\n      {text}")
     return "\n".join(lines)
 
 
@@ -233,9 +325,11 @@ def main(argv: list[str] | None = None) -> int:
                 cfg = load_run_config(args.resume)
             else:
                 cfg = load_config(args.config, args.overrides)
-            run(cfg, resume=args.resume)
+            run(_with_executor(cfg, args.executor), resume=args.resume)
         elif args.command == "benchmark":
             return _benchmark(args, list(argv) if argv is not None else sys.argv[1:])
+        elif args.command == "bench":
+            return _bench(args, list(argv) if argv is not None else sys.argv[1:])
         elif args.command in ("train", "continual"):
             return _training(args, list(argv) if argv is not None else sys.argv[1:])
         elif args.command == "recitation":

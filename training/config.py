@@ -21,11 +21,53 @@ from selfedit.envs.config import (
     config_from_dict,
 )
 
-__all__ = ["RunConfig", "apply_overrides", "load_config"]
+__all__ = ["EXECUTOR_TYPES", "ExecutorConfig", "RunConfig", "apply_overrides", "load_config"]
 
 
 def _f(default: Any, help: str) -> Any:  # noqa: A002
     return field(default=default, metadata={"help": help})
+
+
+EXECUTOR_TYPES = ("serial", "ray")
+
+
+@dataclass
+class ExecutorConfig:
+    """Where env steps run, and how many steps an agent proposes at once (issue 6).
+
+    Rewards depend on ``batch``, never on ``type``: the same config gives the same rewards
+    for the same seeds whether the steps run here or on Ray actors.
+    """
+
+    type: str = _f("serial", "where env steps run: 'serial' (this process, one step after "
+                   "the other) or 'ray' (Ray actors, each loading its own model; needs "
+                   "`pip install \"selfedit-gym[ray]\"`)")
+    batch: int = _f(1, "steps of one agent proposed before any of their rewards is observed "
+                    "(1 = propose, evaluate, observe); only these steps can run in parallel, "
+                    "so set it >= workers with ray. An adaptive agent learns in blocks of "
+                    "this size: it changes what the agent proposes, whatever the type")
+    workers: int = _f(1, "Ray actors, each holding its own copy of the model")
+    address: str | None = _f(None, "Ray cluster to join ('auto', or 'ray://<head>:10001'); "
+                             "null = start a local Ray runtime for the run")
+    threads_per_worker: int = _f(1, "torch threads (and Ray CPUs) of each actor")
+    gpus_per_worker: float = _f(0.0, "GPUs of each actor (0.5 puts two actors on one GPU; "
+                                "0 = CPU only)")
+
+    def __post_init__(self) -> None:
+        check_types(self, where="executor")
+        if self.type not in EXECUTOR_TYPES:
+            raise ConfigError(f"executor.type must be one of {', '.join(EXECUTOR_TYPES)}, "
+                              f"got {self.type!r}")
+        for name in ("batch", "workers", "threads_per_worker"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"executor.{name} must be >= 1, got {getattr(self, name)}")
+        if not self.gpus_per_worker >= 0:  # also rejects NaN
+            raise ConfigError(f"executor.gpus_per_worker must be >= 0, got "
+                              f"{self.gpus_per_worker}")
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> ExecutorConfig:
+        return config_from_dict(cls, raw, where="executor")
 
 
 @dataclass
@@ -50,10 +92,16 @@ class RunConfig:
     log_answers: bool = _f(True, "keep answers, sequences and completions in steps.jsonl")
     progress: bool = _f(True, "show a progress bar")
     env: EnvConfig = field(default_factory=EnvConfig, metadata={"help": "env settings"})
+    executor: ExecutorConfig = field(
+        default_factory=ExecutorConfig,
+        metadata={"help": "where env steps run and how many are proposed at once"},
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.env, dict):
             self.env = EnvConfig.from_dict(self.env)
+        if isinstance(self.executor, dict):
+            self.executor = ExecutorConfig.from_dict(self.executor)
         check_types(self, where="run")
         if not self.agents:
             raise ConfigError("agents is empty: list at least one agent")
@@ -69,7 +117,8 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> RunConfig:
-        return config_from_dict(cls, raw, where="run")
+        return config_from_dict(cls, raw, where="run",
+                                sections={"executor": ExecutorConfig.from_dict})
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:

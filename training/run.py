@@ -21,14 +21,22 @@ import yaml
 
 from selfedit.agents.base import Agent
 from selfedit.agents.registry import check_agent_spec, make_agent
-from selfedit.envs.backend import check_model_source
+from selfedit.envs.backend import check_engine, check_model_source
 from selfedit.envs.config import ConfigError
 from selfedit.envs.corpus import Corpus
 from selfedit.envs.selfedit_env import SelfEditEnv, load_env_corpus, select_passages
 from selfedit.training.config import RunConfig, load_config
+from selfedit.training.executor import (
+    Executor,
+    Job,
+    StepOutcome,
+    check_executor,
+    make_executor,
+)
 from selfedit.training.runlog import RunLogger, completed_keys, read_steps
 
-__all__ = ["AgentSummary", "Episode", "plan_episodes", "run", "summarize", "summary_table"]
+__all__ = ["AgentSummary", "Episode", "plan_batches", "plan_episodes", "run", "summarize",
+           "summary_table"]
 
 
 @dataclass(frozen=True)
@@ -69,6 +77,55 @@ def plan_episodes(cfg: RunConfig, agent_names: list[str], corpus_size: int) -> l
     return plan
 
 
+def plan_batches(plan: list[Episode], done: set[str], size: int) -> list[list[Episode]]:
+    """The steps not yet done, in plan order, in blocks of one agent's ``size`` consecutive
+    planned steps (``executor.batch``): the steps an agent proposes before observing any.
+
+    Blocks are cut by position in the agent's plan, not in what is left to do, so a resumed
+    run keeps the blocks of the run it continues (a block cut short by a kill finishes as
+    a smaller one).
+
+    >>> plan = [Episode(a, 0, e, e, None) for a in ("x", "y") for e in range(3)]
+    >>> [[ep.key for ep in b] for b in plan_batches(plan, {"x|s0|e0"}, 2)]
+    [['x|s0|e1'], ['x|s0|e2'], ['y|s0|e0', 'y|s0|e1'], ['y|s0|e2']]
+    """
+    position: dict[str, int] = {}
+    blocks: list[tuple[tuple[str, int], list[Episode]]] = []
+    for ep in plan:
+        slot = position.get(ep.agent, 0)
+        position[ep.agent] = slot + 1
+        if ep.key in done:
+            continue
+        block = (ep.agent, slot // size)
+        if blocks and blocks[-1][0] == block:
+            blocks[-1][1].append(ep)
+        else:
+            blocks.append((block, [ep]))
+    return [episodes for _, episodes in blocks]
+
+
+def propose(agent: Agent, env: SelfEditEnv, block: list[Episode]) -> tuple[list[Any], float]:
+    """The agent's actions for a block of its steps, and its own seconds per step.
+
+    The env is reset to each step's seed and passages for its observation; every step of a
+    block sees the same archive, the one before the block.
+    """
+    shown = [env.reset(**_job(ep).reset_kwargs()) for ep in block]
+    start = time.perf_counter()
+    if len(block) == 1:
+        actions = [agent.act(*shown[0])]
+    else:
+        actions = list(agent.act_batch([obs for obs, _ in shown], [info for _, info in shown]))
+    if len(actions) != len(block):
+        raise RuntimeError(f"agent {agent.name!r} gave {len(actions)} actions for "
+                           f"{len(block)} observations")
+    return actions, (time.perf_counter() - start) / len(block)
+
+
+def _job(ep: Episode, action: Any = None) -> Job:
+    return Job(action, ep.reset_seed, ep.passage_ids)
+
+
 def make_run_dir(cfg: RunConfig) -> Path:
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     run_dir = Path(cfg.output_dir) / f"{cfg.name}__{cfg.seed}__{stamp}"
@@ -106,19 +163,32 @@ def _step_line(record: dict[str, Any]) -> str:
     )
 
 
-def run(cfg: RunConfig, *, resume: Path | None = None, env: SelfEditEnv | None = None) -> Path:
-    """Run every agent of the config through the env; return the run directory."""
+def run(
+    cfg: RunConfig,
+    *,
+    resume: Path | None = None,
+    env: SelfEditEnv | None = None,
+    executor: Executor | None = None,
+) -> Path:
+    """Run every agent of the config through the env; return the run directory.
+
+    ``env`` replaces the env built from ``cfg.env`` (Ray workers still build theirs from
+    ``cfg.env``); ``executor`` replaces the one built from ``cfg.executor`` and is left open.
+    """
     from tqdm.auto import tqdm
 
     # 1. Agent entries first: a bad one fails before the model loads.
     names = [check_agent_spec(spec) for spec in cfg.agents]
     if len(set(names)) != len(names):
         raise ConfigError(f"agent names must be unique, got {names}; give each a 'name'")
+    if executor is None:
+        check_executor(cfg.executor)  # Ray missing: one line, before any model loads
 
     # 2. Data and model files: a missing or corrupt one fails here, naming the path, before
     #    a run directory is made or any weights are read (issue 7).
     corpus: Corpus | None = None
     if env is None:
+        check_engine(cfg.env.engine, cfg.env.device)
         check_model_source(cfg.env.model)
         corpus = load_env_corpus(cfg.env.corpus)
         select_passages(corpus, cfg.env.passages)  # the env selects again; this only checks
@@ -140,37 +210,41 @@ def run(cfg: RunConfig, *, resume: Path | None = None, env: SelfEditEnv | None =
     plan = plan_episodes(cfg, names, len(env.corpus))
     todo = [ep for ep in plan if ep.key not in done]
 
-    # 5. The loop (agents resumed first: saved state, plus replay of steps it missed).
+    # 5. The loop (agents resumed first: saved state, plus replay of steps it missed). An
+    #    agent proposes executor.batch steps, the executor evaluates them (here or on Ray
+    #    actors, issue 6), and the agent observes their results in plan order.
     by_name = dict(zip(names, agents, strict=True))
     finished = read_steps(run_dir / "steps.jsonl")
     for name, agent in by_name.items():
         restore_agent(agent, run_dir, [r for r in finished if r["agent"] == name])
     history = {name: [r for r in finished if r["agent"] == name] for name in names}
+    owned = executor is None
+    executor = executor or make_executor(cfg.executor, cfg.env)
     with RunLogger(run_dir, tensorboard=cfg.tensorboard) as log:
         bar = tqdm(total=len(plan), initial=len(plan) - len(todo), disable=not cfg.progress,
                    desc="steps", unit="step", dynamic_ncols=True)
-        for ep in todo:
-            agent = by_name[ep.agent]
-            options = {"passage_ids": list(ep.passage_ids)} if ep.passage_ids else None
-            obs, reset_info = env.reset(seed=ep.reset_seed, options=options)
-            action = agent.act(obs, reset_info)
-            obs, reward, _, _, info = env.step(action)
-            agent.observe(action, reward, info)
-            record = _record(ep, reward, info, cfg.log_answers)
-            counts = getattr(agent, "counts", None)
-            if counts:
-                record["agent_counts"] = dict(counts)
-            log.log_step(record)
-            mine = history[ep.agent]
-            mine.append(record)
-            save_agent(agent, run_dir, steps=len(mine))
-            if len(mine) % cfg.iteration_size == 0:
-                log.log_iteration(iteration_record(ep.agent, mine, cfg.iteration_size))
-            bar.update(1)
-            if cfg.progress:
-                bar.write(_step_line(record))
-            else:
-                print(_step_line(record), flush=True)
+        try:
+            for block in plan_batches(plan, done, cfg.executor.batch):
+                agent = by_name[block[0].agent]
+                actions, act_s = propose(agent, env, block)
+                outcomes = executor.evaluate(
+                    env, [_job(ep, a) for ep, a in zip(block, actions, strict=True)])
+                for ep, action, outcome in zip(block, actions, outcomes, strict=True):
+                    record = _observe(agent, ep, action, outcome, act_s, cfg)
+                    log.log_step(record)
+                    mine = history[ep.agent]
+                    mine.append(record)
+                    save_agent(agent, run_dir, steps=len(mine))
+                    if len(mine) % cfg.iteration_size == 0:
+                        log.log_iteration(iteration_record(ep.agent, mine, cfg.iteration_size))
+                    bar.update(1)
+                    if cfg.progress:
+                        bar.write(_step_line(record))
+                    else:
+                        print(_step_line(record), flush=True)
+        finally:
+            if owned:
+                executor.close()
         bar.close()
 
         # 6. Summary: table per agent over every record of the run (resumed ones included).
@@ -186,6 +260,21 @@ def run(cfg: RunConfig, *, resume: Path | None = None, env: SelfEditEnv | None =
     print(table)
     print(f"\nrun directory: {run_dir}")
     return run_dir
+
+
+def _observe(agent: Agent, ep: Episode, action: Any, outcome: StepOutcome, act_s: float,
+             cfg: RunConfig) -> dict[str, Any]:
+    """The agent observes a step's outcome; return the step's record."""
+    reward, info = outcome
+    if info.get("timings") is None:
+        info["timings"] = {}
+    info["timings"]["act_s"] = act_s  # the agent's own time, charged by the benchmark
+    agent.observe(action, reward, info)
+    record = _record(ep, reward, info, cfg.log_answers)
+    counts = getattr(agent, "counts", None)
+    if counts:
+        record["agent_counts"] = dict(counts)
+    return record
 
 
 def iteration_record(agent: str, records: list[dict[str, Any]], size: int) -> dict[str, Any]:

@@ -1,0 +1,553 @@
+"""How fast is the inner loop? The project's loop against a SEAL-style reference, same work.
+
+``selfedit bench inner-loop`` measures, in one run, on the same model, training sequences
+and questions (issue 6):
+
+(a) the project's inner loop: what SEAL's training server does per request. Given training
+    sequences and questions, train a fresh LoRA adapter with the template's
+    hyperparameters, answer, grade; the no-adapter baseline comes from the env's cache
+    (computed on a passage's first request, reused after). This is the env's own code path
+    (:meth:`SelfEditEnv.evaluate_sequences`), not a copy of it;
+(b) a SEAL-style reference written here, doing the same work the way the original code
+    does: a PEFT model and a transformers ``Trainer`` built per request, every sequence
+    padded to 2048 tokens, and the baseline answered and graded again on every request;
+(c) the machine's matmul throughput per precision, which gives the FLOP bound: LoRA
+    training with a frozen base costs about 4 x base parameters x training tokens
+    (forward 2, backward through the activations 2; no weight gradients for the base).
+
+It also measures the generation throughput of template completion (which every env step
+adds before training), the effect of micro-batch size and of batched answering, adapted
+accuracy per precision (is the fastest precision as accurate?), and resident memory.
+Everything is printed and written to ``<output>/report.md`` and ``report.json`` with the
+command, versions and machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import resource
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from selfedit.envs import prompts
+from selfedit.envs.config import ConfigError
+from selfedit.envs.corpus import Passage
+from selfedit.envs.parsing import parse_sequences
+from selfedit.envs.selfedit_env import SelfEditEnv, cfg_prompt
+from selfedit.envs.templates import Hyperparameters, Template
+
+__all__ = ["InnerLoopConfig", "run_inner_loop_bench"]
+
+PAD_TO = 2048  # what the SEAL-style reference pads every sequence to (issue 6)
+
+
+@dataclass
+class InnerLoopConfig:
+    """What ``selfedit bench inner-loop`` measures; every field is a command-line flag."""
+
+    model: str = "embedded"
+    dtypes: list[str] = field(default_factory=lambda: ["bfloat16", "float32"])
+    corpus: str = "embedded"
+    passages: str = "0:3"
+    template: str = "implications"
+    num_epochs: int | None = None  # None: the template's own (SEAL's 10 for the baselines)
+    repeats: int = 2  # requests per passage: the second one finds the baseline cached
+    reference_requests: int = 1  # SEAL-style requests timed (each is slow by design)
+    attentions: list[str] = field(default_factory=lambda: ["sdpa", "eager"])
+    micro_batch_size: int = 4
+    micro_batch_sizes: list[int] = field(default_factory=lambda: [1, 4, 16])
+    completion_max_tokens: int = 192
+    pad_to: int = PAD_TO  # the reference's fixed sequence length (SEAL's 2048)
+    matmul_size: int = 2048
+    threads: int | None = None  # None: torch's default (all cores)
+    output: str = "results/inner_loop"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for d in self.dtypes:
+            if d not in ("float32", "bfloat16", "float16"):
+                raise ConfigError(f"--dtypes: {d!r} is not one of float32, bfloat16, float16")
+        for a in self.attentions:
+            if a not in ("sdpa", "eager"):
+                raise ConfigError(f"--attentions: {a!r} is not one of sdpa, eager")
+        if not self.attentions:
+            raise ConfigError("--attentions: give at least one, e.g. sdpa,eager")
+        if not self.dtypes:
+            raise ConfigError("--dtypes: give at least one precision, e.g. bfloat16,float32")
+        for name in ("repeats", "micro_batch_size", "completion_max_tokens", "matmul_size",
+                     "pad_to"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got "
+                                  f"{getattr(self, name)}")
+        if self.reference_requests < 0:
+            raise ConfigError("--reference-requests must be >= 0 (0 skips the reference)")
+        if self.num_epochs is not None and not 1 <= self.num_epochs <= 50:
+            raise ConfigError(f"--num-epochs must be between 1 and 50, got {self.num_epochs}")
+        from selfedit.agents.fixed import HUMAN_BASELINES
+
+        if self.template not in HUMAN_BASELINES or self.template == "no_training":
+            trains = [n for n in HUMAN_BASELINES if n != "no_training"]
+            raise ConfigError(f"--template must be a training baseline ({', '.join(trains)}),"
+                              f" got {self.template!r}")
+        if any(m < 1 for m in self.micro_batch_sizes):
+            raise ConfigError("--micro-batch-sizes must all be >= 1")
+
+
+# -- measurement helpers ------------------------------------------------------------------
+def rss_mib() -> float:
+    """Current resident memory of this process in MiB (Linux /proc; else the peak)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return peak_rss_mib()
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process in MiB (ru_maxrss is KiB on Linux)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 1024 / 1024 if sys.platform == "darwin" else peak / 1024
+
+
+def matmul_gflops(dtype: torch.dtype, n: int, *, seconds: float = 2.0) -> float:
+    """Best sustained GFLOP/s of an (n x n) @ (n x n) matmul in ``dtype`` on the CPU/GPU."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    flops = 2 * n**3
+    torch.matmul(a, b)  # warm-up: kernels chosen, caches filled
+    best = 0.0
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        t0 = time.perf_counter()
+        torch.matmul(a, b)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        best = max(best, flops / (time.perf_counter() - t0) / 1e9)
+    return best
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux), or the platform's machine type."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    import platform
+
+    return platform.machine()
+
+
+def base_parameters(model: torch.nn.Module) -> int:
+    """Parameters of the base model, each tied tensor counted once."""
+    seen: set[int] = set()
+    total = 0
+    for p in model.parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            total += p.numel()
+    return total
+
+
+# -- the work -----------------------------------------------------------------------------
+@dataclass
+class Request:
+    """One inner-loop request: train on these sequences, answer these questions."""
+
+    passage: Passage
+    sequences: list[str]
+    hyperparameters: Hyperparameters
+    seed: int
+
+
+@dataclass
+class Work:
+    requests: list[Request]
+    completion_tokens: int
+    completion_seconds: float
+
+    @property
+    def completion_tokens_per_s(self) -> float:
+        return self.completion_tokens / max(self.completion_seconds, 1e-9)
+
+
+def make_work(env: SelfEditEnv, template: Template, cfg: InnerLoopConfig) -> Work:
+    """Complete the template once per passage (timed), then fix the sequences for all loops.
+
+    The same sequences feed every loop and precision, so the loops differ only in how they
+    train, answer and grade.
+    """
+    hp = template.hyperparameters
+    if cfg.num_epochs is not None:
+        hp = Hyperparameters(**{**hp.to_dict(), "num_epochs": cfg.num_epochs})
+    passages = list(env.corpus)
+    texts = [cfg_prompt(template.data_creation_instruction, p) for p in passages]
+    t0 = time.perf_counter()
+    completions = env.backend.generate(texts, max_new_tokens=cfg.completion_max_tokens,
+                                       temperature=0.7, seed=cfg.seed)
+    seconds = time.perf_counter() - t0
+    tokens = sum(env.backend.count_tokens(c) for c in completions)
+    requests = []
+    for r in range(cfg.repeats):
+        for i, (passage, completion) in enumerate(zip(passages, completions, strict=True)):
+            sequences = parse_sequences(completion, max_sequences=env.config.max_sequences)
+            if template.include_passage:
+                sequences = [f"{passage.title}\n{passage.context}", *sequences]
+            requests.append(Request(passage, sequences, hp, seed=cfg.seed + 1000 * r + i))
+    return Work(requests, tokens, seconds)
+
+
+@dataclass
+class LoopResult:
+    """Seconds and outcome of one loop over a list of requests."""
+
+    name: str
+    attention: str = "sdpa"
+    seconds: list[float] = field(default_factory=list)  # per request
+    accuracy: list[float] = field(default_factory=list)  # reward-grader accuracy per request
+    train_tokens: list[int] = field(default_factory=list)  # real (unpadded) tokens
+    train_seconds: list[float] = field(default_factory=list)
+    stages: dict[str, float] = field(default_factory=dict)  # total seconds per stage
+    rss_mib: list[float] = field(default_factory=list)  # after each request
+
+    def add_stage(self, name: str, seconds: float) -> None:
+        self.stages[name] = self.stages.get(name, 0.0) + seconds
+
+    @property
+    def mean_seconds(self) -> float:
+        return float(np.mean(self.seconds)) if self.seconds else float("nan")
+
+    @property
+    def train_tokens_per_s(self) -> float:
+        return sum(self.train_tokens) / max(sum(self.train_seconds), 1e-9)
+
+
+def lean_loop(env: SelfEditEnv, requests: Sequence[Request], attention: str) -> LoopResult:
+    """The project's inner loop: the env's own per-passage evaluation, baseline cached."""
+    env.backend.model.set_attn_implementation(attention)
+    out = LoopResult("lean", attention)
+    for req in requests:
+        t0 = time.perf_counter()
+        result = env.evaluate_sequences(req.passage, req.hyperparameters, req.sequences,
+                                        seed=req.seed)
+        out.seconds.append(time.perf_counter() - t0)
+        out.accuracy.append(result.accuracy)
+        out.train_tokens.append(int(result.update["train_tokens"]))
+        out.train_seconds.append(float(result.timings["train_loop_s"]))
+        for stage in ("train_s", "answer_s", "grade_s"):
+            out.add_stage(stage, float(result.timings[stage]))
+        out.rss_mib.append(rss_mib())
+    return out
+
+
+def _answer(env: SelfEditEnv, questions: list[str]) -> list[str]:
+    texts = [prompts.ANSWER_PROMPT.format(question=q) for q in questions]
+    return env.backend.generate(texts, max_new_tokens=env.config.answer_max_tokens)
+
+
+def _grade(env: SelfEditEnv, answers: list[str], passage: Passage) -> float:
+    golds = [list(q.answers) for q in passage.questions]
+    questions = [q.question for q in passage.questions]
+    return float(np.mean(env.grader(answers, golds, questions=questions)))
+
+
+@contextlib.contextmanager
+def _timed(out: LoopResult, stage: str) -> Iterator[None]:
+    t0 = time.perf_counter()
+    yield
+    out.add_stage(stage, time.perf_counter() - t0)
+
+
+def seal_style_loop(env: SelfEditEnv, requests: Sequence[Request], micro_batch_size: int,
+                    attention: str = "sdpa", pad_to: int = PAD_TO) -> LoopResult:
+    """A SEAL-style reference (issue 6): per request, baseline recomputed, PEFT model and
+    ``Trainer`` built, every sequence padded to 2048 tokens, then trained, answered, graded.
+
+    Same model, sequences, hyperparameters, micro-batch size and questions as the lean
+    loop; the LoRA adapter is unloaded after each request, as the lean loop does.
+    """
+    from datasets import Dataset
+    from peft import LoraConfig, get_peft_model
+    from transformers import Trainer, TrainingArguments
+
+    backend = env.backend
+    tok = backend.tokenizer
+    out = LoopResult("seal_style", attention)
+    backend.model.set_attn_implementation(attention)
+    for req in requests:
+        t0 = time.perf_counter()
+        questions = [q.question for q in req.passage.questions]
+        with _timed(out, "baseline_s"):
+            _grade(env, _answer(env, questions), req.passage)
+        hp = req.hyperparameters
+        tmp = tempfile.mkdtemp(prefix="seal_style_")
+        with _timed(out, "build_s"):
+            torch.manual_seed(req.seed)
+            lora = LoraConfig(r=hp.lora_rank, lora_alpha=hp.lora_alpha,
+                              lora_dropout=hp.lora_dropout, bias="none", task_type="CAUSAL_LM",
+                              target_modules=env.update.target_modules)
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", category=FutureWarning)
+                model = get_peft_model(backend.model, lora)
+            rows = _padded_rows(tok, req.sequences, env.update.max_seq_tokens, pad_to)
+            data = Dataset.from_dict(rows)
+            args = TrainingArguments(
+                output_dir=tmp, per_device_train_batch_size=micro_batch_size,
+                gradient_accumulation_steps=hp.gradient_accumulation_steps,
+                num_train_epochs=hp.num_epochs, learning_rate=hp.learning_rate,
+                weight_decay=0.0, lr_scheduler_type="constant", warmup_steps=0,
+                save_strategy="no", report_to=[], logging_steps=10**6,
+                disable_tqdm=True, seed=req.seed, use_cpu=backend.device.type == "cpu",
+                dataloader_num_workers=0,
+            )
+            trainer = Trainer(model=model, args=args, train_dataset=data)
+        try:
+            with _timed(out, "train_s"):
+                t_train = time.perf_counter()
+                trainer.train()
+                out.train_seconds.append(time.perf_counter() - t_train)
+            out.train_tokens.append(sum(map(sum, rows["attention_mask"])) * hp.num_epochs)
+            model.eval()
+            with _timed(out, "answer_s"):
+                answers = _answer(env, questions)
+            with _timed(out, "grade_s"):
+                out.accuracy.append(_grade(env, answers, req.passage))
+        finally:
+            model.unload()
+            for p in backend.model.parameters():
+                p.requires_grad_(False)
+            backend.model.eval()
+            shutil.rmtree(tmp, ignore_errors=True)
+            del trainer, model
+        out.seconds.append(time.perf_counter() - t0)
+        out.rss_mib.append(rss_mib())
+    return out
+
+
+def _padded_rows(tok: Any, sequences: Sequence[str], limit: int,
+                 pad_to: int) -> dict[str, list[list[int]]]:
+    """The lean loop's token ids (sequence + EOS, cut to ``limit``), padded to ``pad_to``.
+
+    Same real tokens as the lean loop, so the two loops differ only in how they train.
+    """
+    encoded = [(ids + [tok.eos_token_id])[:limit]
+               for ids in tok(list(sequences), add_special_tokens=False)["input_ids"] if ids]
+    width = max([pad_to, *map(len, encoded)])  # a longer sequence widens every row
+    rows: dict[str, list[list[int]]] = {"input_ids": [], "attention_mask": [], "labels": []}
+    for ids in encoded:
+        pad = width - len(ids)
+        rows["input_ids"].append(ids + [tok.pad_token_id] * pad)
+        rows["attention_mask"].append([1] * len(ids) + [0] * pad)
+        rows["labels"].append(ids + [-100] * pad)
+    return rows
+
+
+def micro_batch_sweep(env: SelfEditEnv, request: Request, sizes: Sequence[int]) -> dict[int, float]:
+    """Training tokens/s of one epoch of the lean loop per micro-batch size."""
+    hp = Hyperparameters(**{**request.hyperparameters.to_dict(), "num_epochs": 1})
+    original = env.update.micro_batch_size
+    rates: dict[int, float] = {}
+    try:
+        for size in sizes:
+            env.update.micro_batch_size = size
+            with env.update.adapted(env.backend, request.sequences, hp, seed=request.seed) as st:
+                pass
+            rates[size] = st.train_tokens / max(st.seconds, 1e-9)
+    finally:
+        env.update.micro_batch_size = original
+    return rates
+
+
+def answer_batching(env: SelfEditEnv, passage: Passage) -> dict[str, float]:
+    """Seconds to answer a passage's questions one by one versus in one batch."""
+    questions = [q.question for q in passage.questions]
+    t0 = time.perf_counter()
+    for q in questions:
+        _answer(env, [q])
+    one_by_one = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    _answer(env, questions)
+    return {"one_by_one_s": one_by_one, "batched_s": time.perf_counter() - t0,
+            "questions": len(questions)}
+
+
+# -- the benchmark ------------------------------------------------------------------------
+_TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _make_env(cfg: InnerLoopConfig, dtype: str, backend: Any = None) -> SelfEditEnv:
+    return SelfEditEnv(model=cfg.model, dtype=dtype, corpus=cfg.corpus, passages=cfg.passages,
+                       baseline_cache=None, micro_batch_size=cfg.micro_batch_size,
+                       completion_max_tokens=cfg.completion_max_tokens, backend=backend)
+
+
+def run_inner_loop_bench(cfg: InnerLoopConfig, *, command: str = "",
+                         log: Any = print) -> dict[str, Any]:
+    """Run every measurement; write ``report.md`` and ``report.json``; return the report."""
+    from selfedit.agents.fixed import human_baseline
+    from selfedit.training.run import machine_description
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    template = human_baseline(cfg.template)
+    report: dict[str, Any] = {"command": command, "config": asdict(cfg),
+                              "machine": {**machine_description(), "cpu": cpu_model()},
+                              "threads": torch.get_num_threads(),
+                              "dtypes": {}}
+    log(f"matmul throughput ({cfg.matmul_size}^3, best of ~2 s per precision)")
+    report["matmul_gflops"] = {d: matmul_gflops(_TORCH_DTYPES[d], cfg.matmul_size)
+                               for d in ("float32", "bfloat16")}
+    for d, g in report["matmul_gflops"].items():
+        log(f"  {d}: {g:.0f} GFLOP/s")
+    work: Work | None = None
+    for i, dtype in enumerate(cfg.dtypes):
+        env = _make_env(cfg, dtype)
+        params = base_parameters(env.backend.model)
+        if work is None:  # the work is written once, by the first precision's model
+            log(f"[{dtype}] completing '{cfg.template}' on {len(env.corpus)} passages")
+            work = make_work(env, template, cfg)
+            report["work"] = {
+                "passages": [p.id for p in env.corpus], "requests": len(work.requests),
+                "sequences_per_request": [len(r.sequences)
+                                          for r in work.requests],
+                "hyperparameters": work.requests[0].hyperparameters.to_dict(),
+                "completion_tokens": work.completion_tokens,
+                "completion_s": work.completion_seconds,
+                "completion_tokens_per_s": work.completion_tokens_per_s,
+                "base_parameters": params,
+            }
+            log(f"  completion: {work.completion_tokens} tokens in {work.completion_seconds:.1f}"
+                f" s = {work.completion_tokens_per_s:.1f} tokens/s")
+        entry: dict[str, Any] = {"lean": {}}
+        leans: dict[str, LoopResult] = {}
+        for attention in cfg.attentions:
+            log(f"[{dtype}, {attention}] lean inner loop on {len(work.requests)} requests")
+            env._baselines.clear()  # every row pays for its baselines once, as a fresh env
+            lean = leans[attention] = lean_loop(env, work.requests, attention)
+            row = entry["lean"][attention] = _loop_dict(lean, params, report["matmul_gflops"],
+                                                        dtype)
+            log(f"  {lean.mean_seconds:.2f} s per request, {lean.train_tokens_per_s:.0f}"
+                f" training tokens/s, FLOP fraction {row['flop_fraction']:.2f},"
+                f" accuracy {np.mean(lean.accuracy):.3f}")
+        if i == 0:
+            first = cfg.attentions[0]
+            env.backend.model.set_attn_implementation(first)
+            entry["micro_batch_tokens_per_s"] = micro_batch_sweep(env, work.requests[0],
+                                                                  cfg.micro_batch_sizes)
+            entry["answering"] = answer_batching(env, work.requests[0].passage)
+            n_ref = min(cfg.reference_requests, len(work.requests))
+            if n_ref:
+                log(f"[{dtype}, {first}] SEAL-style reference on {n_ref} of the same requests"
+                    f" (pad to {cfg.pad_to}, Trainer per request, baseline every time)")
+                ref = seal_style_loop(env, work.requests[:n_ref], cfg.micro_batch_size, first,
+                                      cfg.pad_to)
+                entry["seal_style"] = _loop_dict(ref, params, report["matmul_gflops"], dtype)
+                same = leans[first].seconds[:n_ref]
+                entry["ratio"] = float(np.mean(ref.seconds) / np.mean(same))
+                entry["ratio_requests"] = n_ref
+                entry["ratio_attention"] = first
+                log(f"  {ref.mean_seconds:.1f} s per request vs lean {np.mean(same):.2f} s on"
+                    f" the same requests: {entry['ratio']:.1f}x")
+        entry["peak_rss_mib"] = peak_rss_mib()
+        report["dtypes"][dtype] = entry
+        del env
+    out = Path(cfg.output)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    text = report_markdown(report)
+    (out / "report.md").write_text(text)
+    log("\n" + text)
+    log(f"written: {out / 'report.md'}, {out / 'report.json'}")
+    return report
+
+
+def _loop_dict(loop: LoopResult, params: int, peaks: dict[str, float],
+               dtype: str) -> dict[str, Any]:
+    rate = loop.train_tokens_per_s
+    achieved = 4 * params * rate / 1e9  # GFLOP/s of LoRA training with a frozen base
+    peak = peaks.get(dtype) or peaks["float32"]
+    return {
+        "attention": loop.attention, "requests": len(loop.seconds), "seconds": loop.seconds,
+        "mean_seconds": loop.mean_seconds, "accuracy": loop.accuracy,
+        "mean_accuracy": float(np.mean(loop.accuracy)) if loop.accuracy else None,
+        "train_tokens": loop.train_tokens, "train_seconds": loop.train_seconds,
+        "train_tokens_per_s": rate, "train_gflops": achieved, "flop_fraction": achieved / peak,
+        "stages": loop.stages, "rss_mib": loop.rss_mib,
+    }
+
+
+def report_markdown(report: dict[str, Any]) -> str:
+    """The report as Markdown: the headline table first, then the levers."""
+    w = report["work"]
+    m = report["matmul_gflops"]
+    lines = [
+        "# Inner-loop benchmark",
+        "",
+        f"Command: `{report['command']}`  ",
+        f"Machine: {report['machine'].get('cpu', '?')}, {report['machine'].get('cpus')} cores,"
+        f" {report['threads']} torch threads; torch {report['machine'].get('torch', '?')}",
+        "",
+        f"Work: template '{report['config']['template']}' completed once on passages"
+        f" {', '.join(w['passages'])}; {w['requests']} requests"
+        f" ({report['config']['repeats']} per passage), sequences per request"
+        f" {w['sequences_per_request']}, hyperparameters {w['hyperparameters']}."
+        f" Base parameters: {w['base_parameters'] / 1e6:.1f} M.",
+        "",
+        f"Matmul peak ({report['config']['matmul_size']}^3): float32 {m['float32']:.0f}"
+        f" GFLOP/s, bfloat16 {m['bfloat16']:.0f} GFLOP/s.",
+        f"Template completion (generation): {w['completion_tokens']} tokens in"
+        f" {w['completion_s']:.1f} s = **{w['completion_tokens_per_s']:.1f} tokens/s**"
+        " (batched, all passages in one call).",
+        "",
+        "| precision | loop (attention) | requests | s / request | train tokens/s | FLOP fraction |"
+        " accuracy | peak RSS MiB |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for dtype, e in report["dtypes"].items():
+        rows = [(f"lean ({a})", loop) for a, loop in e["lean"].items()]
+        if "seal_style" in e:
+            rows.append((f"SEAL-style ({e['seal_style']['attention']})", e["seal_style"]))
+        for name, loop in rows:
+            lines.append(
+                f"| {dtype} | {name} | {loop['requests']} | {loop['mean_seconds']:.2f} |"
+                f" {loop['train_tokens_per_s']:.0f} | {loop['flop_fraction']:.2f} |"
+                f" {loop['mean_accuracy']:.3f} | {max(loop['rss_mib']):.0f} |"
+            )
+    for dtype, e in report["dtypes"].items():
+        if "ratio" in e:
+            lines += ["", f"**Ratio SEAL-style / lean ({dtype}, the same {e['ratio_requests']}"
+                      f" request(s)): {e['ratio']:.1f}x.** The reference pads every sequence to"
+                      f" {report['config']['pad_to']} tokens. Stage seconds, lean:"
+                      f" {_stages(e['lean'][e['ratio_attention']]['stages'])}; SEAL-style:"
+                      f" {_stages(e['seal_style']['stages'])}."]
+        if "micro_batch_tokens_per_s" in e:
+            sweep = ", ".join(f"{k}: {v:.0f}" for k, v in e["micro_batch_tokens_per_s"].items())
+            a = e["answering"]
+            lines += ["", f"Levers ({dtype}): training tokens/s by micro-batch size: {sweep}."
+                      f" Answering {a['questions']} questions one by one {a['one_by_one_s']:.2f}"
+                      f" s, batched {a['batched_s']:.2f} s."]
+    lines += ["", "Training tokens/s: real (unpadded) tokens over the seconds of the training loop"
+              " (the SEAL-style row counts its real tokens too, so padding shows as lost"
+              " speed). FLOP fraction = 4 x base parameters x training tokens/s / matmul peak"
+              " of the model's precision. Accuracy: the env's reward grader (contains) on the"
+              " requests' questions; the SEAL-style loop trains on the same data, so its"
+              " accuracy is a check that both loops do the same work, not a comparison.", ""]
+    return "\n".join(lines)
+
+
+def _stages(stages: dict[str, float]) -> str:
+    return ", ".join(f"{k[:-2]} {v:.1f}" for k, v in stages.items())
+
