@@ -21,7 +21,8 @@ def test_bench_runs_both_loops_on_the_same_work(tiny_model_dir, tmp_path) -> Non
     cfg = InnerLoopConfig(model=str(tiny_model_dir), dtypes=["float32"], attentions=["sdpa"],
                           passages="0:1", repeats=2, reference_requests=1, num_epochs=2,
                           micro_batch_sizes=[1, 2], completion_max_tokens=16, pad_to=128,
-                          matmul_size=64, output=str(tmp_path / "out"), threads=1)
+                          matmul_size=64, matmul_seconds=0.1, output=str(tmp_path / "out"),
+                          threads=1)
     report = run_inner_loop_bench(cfg, command="test", log=lambda *_: None)
     e = report["dtypes"]["float32"]
     lean, ref = e["lean"]["sdpa"], e["seal_style"]
@@ -30,9 +31,18 @@ def test_bench_runs_both_loops_on_the_same_work(tiny_model_dir, tmp_path) -> Non
     # comes on top), for the same epochs.
     assert ref["train_tokens"][0] == lean["train_tokens"][0] > 0
     assert e["ratio"] == pytest.approx(ref["seconds"][0] / lean["seconds"][0])
+    # the passage's second request: same sequences, baseline cached
+    assert e["ratio_cached"] == pytest.approx(ref["seconds"][0] / lean["seconds"][1])
     assert 0 < lean["flop_fraction"] and 0 < ref["flop_fraction"]
+    peak = report["matmul_gflops"]["float32"]  # the higher of the start and end readings
+    assert peak == max(report["matmul_gflops_start"]["float32"],
+                       report["matmul_gflops_end"]["float32"])
+    assert lean["flop_fraction"] == pytest.approx(lean["train_gflops"] / peak)
     assert set(e["micro_batch_tokens_per_s"]) == {1, 2}
     assert e["answering"]["questions"] == 6
+    (prof,) = e["profile"]
+    assert sum(prof["share"].values()) == pytest.approx(1.0)
+    assert prof["share"]["matmul"] > 0 and prof["matmul_gflops"] > 0
     assert report["work"]["completion_tokens"] > 0
     saved = json.loads((tmp_path / "out" / "report.json").read_text())
     assert saved["dtypes"]["float32"]["ratio"] == pytest.approx(e["ratio"])
