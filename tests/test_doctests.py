@@ -24,6 +24,7 @@ MODULES = [
     "selfedit.training.checkpoint",
     "selfedit.agents.llm",
     "selfedit.envs.grading",
+    "selfedit.training.innerloop",
 ]
 
 

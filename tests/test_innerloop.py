@@ -48,6 +48,10 @@ def test_bench_runs_both_loops_on_the_same_work(tiny_model_dir, tmp_path) -> Non
     assert saved["dtypes"]["float32"]["ratio"] == pytest.approx(e["ratio"])
     text = (tmp_path / "out" / "report.md").read_text()
     assert "SEAL-style" in text and "FLOP fraction" in text and "tokens/s" in text
+    assert "## Targets" in text and ("**met**" in text or "**missed**" in text)
+    (tmp_path / "out" / "report.md").unlink()
+    assert main(["bench", "inner-loop", "--report-only", str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "report.md").read_text() == text  # rebuilt from the JSON
 
 
 def test_flop_bound_pieces() -> None:
@@ -69,6 +73,8 @@ def test_bad_settings_are_named(kwargs, message) -> None:
         InnerLoopConfig(**kwargs)
 
 
-def test_cli_reports_bad_flags_in_one_line(capsys) -> None:
+def test_cli_reports_bad_flags_in_one_line(capsys, tmp_path) -> None:
     assert main(["bench", "inner-loop", "--micro-batch-sizes", "a,b"]) == 2
     assert "--micro-batch-sizes must be integers" in capsys.readouterr().err
+    assert main(["bench", "inner-loop", "--report-only", str(tmp_path)]) == 2
+    assert "report.json does not exist" in capsys.readouterr().err

@@ -108,16 +108,27 @@ def _add_bench_commands(sub: argparse._SubParsersAction) -> None:
                        help="micro-batch sizes of the training-throughput sweep")
     inner.add_argument("--completion-max-tokens", type=int, default=d.completion_max_tokens)
     inner.add_argument("--matmul-size", type=int, default=d.matmul_size)
+    inner.add_argument("--no-profile", dest="profile", action="store_false",
+                       help="skip the profiled training epoch (where the time goes)")
     inner.add_argument("--pad-to", type=int, default=d.pad_to,
                        help="the reference's fixed sequence length (SEAL pads to 2048)")
     inner.add_argument("--threads", type=int, default=None, help="torch threads")
     inner.add_argument("--output", default=d.output, help="report directory")
+    inner.add_argument("--report-only", type=Path, metavar="DIR",
+                       help="rebuild DIR/report.md from DIR/report.json (no model is loaded)")
     inner.add_argument("--seed", type=int, default=d.seed)
 
 
 def _bench(args: argparse.Namespace, argv: list[str]) -> int:
-    from selfedit.training.innerloop import InnerLoopConfig, run_inner_loop_bench
+    from selfedit.training.innerloop import (
+        InnerLoopConfig,
+        rebuild_report,
+        run_inner_loop_bench,
+    )
 
+    if args.report_only is not None:
+        print(rebuild_report(args.report_only))
+        return 0
     try:
         sizes = [int(x) for x in args.micro_batch_sizes.split(",") if x.strip()]
     except ValueError:
@@ -130,7 +141,8 @@ def _bench(args: argparse.Namespace, argv: list[str]) -> int:
         num_epochs=args.num_epochs, repeats=args.repeats,
         reference_requests=args.reference_requests, micro_batch_size=args.micro_batch_size,
         micro_batch_sizes=sizes, completion_max_tokens=args.completion_max_tokens,
-        matmul_size=args.matmul_size, pad_to=args.pad_to, threads=args.threads,
+        matmul_size=args.matmul_size, profile=args.profile, pad_to=args.pad_to,
+        threads=args.threads,
         output=args.output, seed=args.seed,
     )
     run_inner_loop_bench(cfg, command=shlex.join(["selfedit", *argv]))
