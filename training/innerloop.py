@@ -40,7 +40,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from selfedit.envs import prompts
 from selfedit.envs.config import ConfigError
 from selfedit.envs.corpus import Passage
 from selfedit.envs.parsing import parse_sequences
@@ -255,15 +254,16 @@ def lean_loop(env: SelfEditEnv, requests: Sequence[Request], attention: str) -> 
     return out
 
 
+# The reference answers and grades with the env's own methods: the loops then differ only
+# in how they train and how they treat the baseline.
 def _answer(env: SelfEditEnv, questions: list[str]) -> list[str]:
-    texts = [prompts.ANSWER_PROMPT.format(question=q) for q in questions]
-    return env.backend.generate(texts, max_new_tokens=env.config.answer_max_tokens)
+    return env._answer(questions)
 
 
 def _grade(env: SelfEditEnv, answers: list[str], passage: Passage) -> float:
     golds = [list(q.answers) for q in passage.questions]
     questions = [q.question for q in passage.questions]
-    return float(np.mean(env.grader(answers, golds, questions=questions)))
+    return float(np.mean(env._grade(answers, golds, questions)[env.grader_name]))
 
 
 @contextlib.contextmanager
