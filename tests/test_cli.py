@@ -111,3 +111,14 @@ def test_keys_lists_every_env_field(capsys) -> None:
     assert main(["keys"]) == 0
     out = capsys.readouterr().out
     assert all(f"env.{f.name} =" in out for f in fields(EnvConfig))
+
+
+def test_overrides_may_follow_options() -> None:
+    from selfedit.training.cli import parse_args
+
+    args = parse_args(["run", "--config", "c.yaml", "seed=1", "--executor", "ray",
+                       "executor.workers=2"])
+    assert args.overrides == ["seed=1", "executor.workers=2"]
+    assert args.executor == "ray"
+    with pytest.raises(SystemExit):  # anything else left over is still an error
+        parse_args(["run", "--config", "c.yaml", "seed=1", "--executor", "ray", "--bogus"])

@@ -27,7 +27,7 @@ from selfedit.envs.templates import TemplateError
 if TYPE_CHECKING:
     from selfedit.training.config import RunConfig
 
-__all__ = ["main"]
+__all__ = ["main", "parse_args"]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -318,8 +318,25 @@ def _training(args: argparse.Namespace, argv: list[str]) -> int:
 # --- end policy training ---
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse the command line; ``key=value`` overrides may come before or after options.
+
+    argparse stops filling a ``nargs="*"`` positional at the first option, so in
+    ``run --config c.yaml a=1 --executor ray b=2`` it would reject ``b=2``; such leftovers
+    are overrides too.
+    """
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if not hasattr(args, "overrides") or any(e.startswith("-") or "=" not in e
+                                                 for e in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*args.overrides, *extra]
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = parse_args(argv)
     try:
         if args.command == "keys":
             print(_keys(args.markdown))
