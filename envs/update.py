@@ -36,15 +36,29 @@ import torch
 
 from selfedit.envs.templates import Hyperparameters
 
-__all__ = ["LoRAUpdate", "UpdateOperator", "UpdateStats"]
+__all__ = ["LoRAUpdate", "LossCurve", "UpdateOperator", "UpdateStats"]
 
 DEFAULT_TARGET_MODULES = (
     "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
 )
 
 
+class LossCurve:
+    """First and last loss of a record with a ``losses`` list (one per optimizer step)."""
+
+    losses: list[float]
+
+    @property
+    def loss_first(self) -> float | None:
+        return self.losses[0] if self.losses else None
+
+    @property
+    def loss_last(self) -> float | None:
+        return self.losses[-1] if self.losses else None
+
+
 @dataclass
-class UpdateStats:
+class UpdateStats(LossCurve):
     """What one update did; filled in while the ``with`` block is entered."""
 
     optimizer_steps: int = 0
@@ -54,14 +68,6 @@ class UpdateStats:
     seconds: float = 0.0
     error: str | None = None  # the update failed (non-finite loss): do not trust the model
     notes: list[str] = field(default_factory=list)  # budgets applied; the update still counts
-
-    @property
-    def loss_first(self) -> float | None:
-        return self.losses[0] if self.losses else None
-
-    @property
-    def loss_last(self) -> float | None:
-        return self.losses[-1] if self.losses else None
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -254,12 +254,8 @@ def lean_loop(env: SelfEditEnv, requests: Sequence[Request], attention: str) -> 
     return out
 
 
-# The reference answers and grades with the env's own methods: the loops then differ only
-# in how they train and how they treat the baseline.
-def _answer(env: SelfEditEnv, questions: list[str]) -> list[str]:
-    return env._answer(questions)
-
-
+# The reference answers (env._answer) and grades with the env's own methods: the loops
+# then differ only in how they train and how they treat the baseline.
 def _grade(env: SelfEditEnv, answers: list[str], passage: Passage) -> float:
     golds = [list(q.answers) for q in passage.questions]
     questions = [q.question for q in passage.questions]
@@ -293,7 +289,7 @@ def seal_style_loop(env: SelfEditEnv, requests: Sequence[Request], micro_batch_s
         t0 = time.perf_counter()
         questions = [q.question for q in req.passage.questions]
         with _timed(out, "baseline_s"):
-            _grade(env, _answer(env, questions), req.passage)
+            _grade(env, env._answer(questions), req.passage)
         hp = req.hyperparameters
         tmp = tempfile.mkdtemp(prefix="seal_style_")
         with _timed(out, "build_s"):
@@ -324,7 +320,7 @@ def seal_style_loop(env: SelfEditEnv, requests: Sequence[Request], micro_batch_s
             out.train_tokens.append(sum(map(sum, rows["attention_mask"])) * hp.num_epochs)
             model.eval()
             with _timed(out, "answer_s"):
-                answers = _answer(env, questions)
+                answers = env._answer(questions)
             with _timed(out, "grade_s"):
                 out.accuracy.append(_grade(env, answers, req.passage))
         finally:
@@ -420,10 +416,10 @@ def answer_batching(env: SelfEditEnv, passage: Passage) -> dict[str, float]:
     questions = [q.question for q in passage.questions]
     t0 = time.perf_counter()
     for q in questions:
-        _answer(env, [q])
+        env._answer([q])
     one_by_one = time.perf_counter() - t0
     t0 = time.perf_counter()
-    _answer(env, questions)
+    env._answer(questions)
     return {"one_by_one_s": one_by_one, "batched_s": time.perf_counter() - t0,
             "questions": len(questions)}
 
@@ -432,10 +428,10 @@ def answer_batching(env: SelfEditEnv, passage: Passage) -> dict[str, float]:
 _TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def _make_env(cfg: InnerLoopConfig, dtype: str, backend: Any = None) -> SelfEditEnv:
+def _make_env(cfg: InnerLoopConfig, dtype: str) -> SelfEditEnv:
     return SelfEditEnv(model=cfg.model, dtype=dtype, corpus=cfg.corpus, passages=cfg.passages,
                        baseline_cache=None, micro_batch_size=cfg.micro_batch_size,
-                       completion_max_tokens=cfg.completion_max_tokens, backend=backend)
+                       completion_max_tokens=cfg.completion_max_tokens)
 
 
 def run_inner_loop_bench(cfg: InnerLoopConfig, *, command: str = "",

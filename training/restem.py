@@ -66,6 +66,7 @@ from selfedit.envs.config import (
 from selfedit.envs.corpus import Corpus
 from selfedit.envs.selfedit_env import SelfEditEnv, cfg_prompt, load_env_corpus
 from selfedit.envs.templates import Template
+from selfedit.envs.update import LossCurve
 from selfedit.training.checkpoint import (
     EvalCache,
     apply_adapter,
@@ -380,21 +381,13 @@ class SFTExample:
 
 
 @dataclass
-class SFTResult:
+class SFTResult(LossCurve):
     """What one M-step did."""
 
     examples: int
     losses: list[float]
     seconds: float
     adapter_dir: str
-
-    @property
-    def loss_first(self) -> float | None:
-        return self.losses[0] if self.losses else None
-
-    @property
-    def loss_last(self) -> float | None:
-        return self.losses[-1] if self.losses else None
 
 
 def sft_dataset(examples: list[SFTExample], chat: bool) -> Any:
