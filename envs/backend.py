@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from selfedit.envs.config import ConfigError, EnvConfig
+from selfedit.envs.precision import PrecisionChoice, resolve_dtype
 
 __all__ = [
     "EMBEDDED_MODEL",
@@ -267,7 +268,9 @@ class HFBackend:
         model: ``"embedded"``, a hub id, a local ``save_pretrained`` directory, a ``.gguf``
             file, or an already built ``PreTrainedModel`` (then ``tokenizer`` is required).
         tokenizer: optional tokenizer to use with a model object.
-        dtype: weights dtype, ``"float32"`` (default) or ``"bfloat16"``.
+        dtype: weights dtype: ``"auto"`` (bf16 where the device computes it natively,
+            float32 elsewhere; :mod:`selfedit.envs.precision`), ``"float32"`` (default) or
+            ``"bfloat16"``. The choice and its reason are in :attr:`precision`.
         device: ``"cpu"``, ``"cuda"``, ... (default: cuda when available).
         batch_size: prompts per generate call.
         chat: wrap prompts in the tokenizer's chat template when it has one.
@@ -289,9 +292,16 @@ class HFBackend:
     ) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        if dtype not in _DTYPES:
-            raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+        if dtype != "auto" and dtype not in _DTYPES:
+            raise ValueError(f"dtype must be auto or one of {sorted(_DTYPES)}, got {dtype!r}")
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if isinstance(model, torch.nn.Module):  # a built model keeps its own dtype
+            own = str(next(model.parameters()).dtype).removeprefix("torch.")
+            self.precision = PrecisionChoice(own, "the model object's own dtype",
+                                             self.device.type)
+        else:
+            self.precision = resolve_dtype(dtype, str(self.device))
+        dtype = self.precision.dtype
         if isinstance(model, torch.nn.Module):
             if tokenizer is None:
                 raise ValueError("pass tokenizer= together with a model object")

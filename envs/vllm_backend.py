@@ -192,7 +192,7 @@ class VLLMBackend(HFBackend):
         self.max_lora_rank = vllm_max_lora_rank(max_lora_rank or int(HP_RANGES["lora_rank"][1]))
         self.llm = LLM(
             model=resolve_model_path(model),
-            dtype=dtype,
+            dtype=self.precision.dtype,  # the transformers copy's choice (dtype may be auto)
             enable_lora=True,
             max_lora_rank=self.max_lora_rank,
             max_loras=1,  # one adapter is active at a time: the env answers inside one block

@@ -254,6 +254,7 @@ def run(
         log.write_json("summary.json", {
             "agents": [s.__dict__ for s in summaries],
             "reward_grader": cfg.env.reward_grader,
+            "dtype": _precision(env),
             "machine": machine_description(),
         })
         log.write_text("table.md", table + "\n")
@@ -413,10 +414,18 @@ def summary_table(summaries: list[AgentSummary], *, grader: str) -> str:
     return "\n".join(rows)
 
 
+def _precision(env: Any) -> dict[str, Any] | None:
+    """The env's weights dtype and why it was chosen (``dtype: auto``, issue 11)."""
+    choice = getattr(getattr(env, "backend", None), "precision", None)
+    return choice.to_dict() if choice is not None else None
+
+
 def machine_description() -> dict[str, Any]:
     import os
 
     import torch
+
+    from selfedit.envs.precision import machine_precision
 
     return {
         "python": platform.python_version(),
@@ -424,6 +433,7 @@ def machine_description() -> dict[str, Any]:
         "cpus": os.cpu_count(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
+        "precision": machine_precision(),
         "time": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
 
