@@ -9,7 +9,9 @@ Accepted sources (see :func:`load_corpus`):
 * ``"embedded"``: the records file shipped at ``envs/data/corpus.json``.
 * a ``.json`` file in *records* format, a list of
   ``{"title", "context", "questions": [{"question", "answer"}]}`` where ``"answer"`` may be a
-  string or a list of strings and may be spelled ``"answers"`` (SEAL's regrouped SQuAD).
+  string or a list of strings and may be spelled ``"answers"`` (SEAL's regrouped SQuAD). A
+  record may also carry ``"split": "<name>"``; the corpus then has named splits (the embedded
+  corpus has ``tune`` and ``heldout``), which :meth:`Corpus.select` takes by name.
 * a ``.json`` file in the official SQuAD v1.1/v2.0 format,
   ``{"version", "data": [{"title", "paragraphs": [{"context", "qas": [...]}]}]}``.
 * a directory written by ``datasets.Dataset.save_to_disk`` (or a ``DatasetDict``) with
@@ -32,9 +34,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, overload
 
 __all__ = [
@@ -62,7 +67,13 @@ ACCEPTED_FORMATS: str = (
 """Human-readable list of the sources :func:`load_corpus` understands, used in errors."""
 
 SelectSpec = str | slice | Sequence[int] | None
-"""What :meth:`Corpus.select` takes: ``"start:stop"``, ``"i"``, a slice, indices, or None."""
+"""What :meth:`Corpus.select` takes: ``"start:stop"``, ``"i"``, a split name such as
+``"heldout"`` or ``"heldout[0:12]"``, a slice, indices, or None."""
+
+_SPLIT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+# "heldout" or "heldout[0:12]"; what is inside the brackets is parsed like any selection.
+_SPLIT_SPEC = re.compile(r"([A-Za-z_][A-Za-z0-9_-]*)(?:\[([^\[\]]*)\])?")
+_SPLIT_NAME_RULE = "a letter or '_', then letters, digits, '_' or '-' (like 'tune' or 'heldout')"
 
 
 @dataclass(frozen=True)
@@ -161,18 +172,30 @@ class Corpus(Sequence[Passage]):
     Args:
         passages: The passages, in order; ids must be unique.
         name: A short name for logs and for the ids the loaders give passages.
+        splits: Named subsets, each the ids of its passages in order (e.g. ``{"tune": [...],
+            "heldout": [...]}``); :meth:`select` takes the names. Splits may leave passages
+            out; the loaders make them disjoint.
 
     Raises:
-        ValueError: If ``passages`` is empty or two passages share an id.
+        ValueError: If ``passages`` is empty, two passages share an id, or a split has a bad
+            name or names a passage the corpus does not hold.
 
     Example:
         >>> qs = (Question("Q?", ("A",)),)
-        >>> c = Corpus([Passage(f"d:{i}", "T", f"text {i}", qs) for i in range(5)], name="d")
+        >>> ps = [Passage(f"d:{i}", "T", f"text {i}", qs) for i in range(5)]
+        >>> c = Corpus(ps, name="d", splits={"tune": ["d:0", "d:1"], "heldout": ["d:3", "d:4"]})
         >>> [p.id for p in c.select("1:3")], c.by_id("d:4").context
         (['d:1', 'd:2'], 'text 4')
+        >>> [p.id for p in c.select("heldout")], [p.id for p in c.select("heldout[1:]")]
+        (['d:3', 'd:4'], ['d:4'])
     """
 
-    def __init__(self, passages: Iterable[Passage], name: str) -> None:
+    def __init__(
+        self,
+        passages: Iterable[Passage],
+        name: str,
+        splits: Mapping[str, Sequence[str]] | None = None,
+    ) -> None:
         self.name: str = name
         self._passages: tuple[Passage, ...] = tuple(passages)
         if not self._passages:
@@ -188,11 +211,48 @@ class Corpus(Sequence[Passage]):
                     f"share the id {passage.id!r}; ids must be unique"
                 )
             self._positions[passage.id] = position
+        self._splits: dict[str, tuple[str, ...]] = {}
+        for split_name, ids in (splits or {}).items():
+            self._splits[split_name] = self._check_split(split_name, ids)
+
+    def _check_split(self, split_name: Any, ids: Any) -> tuple[str, ...]:
+        """Validates one split given to ``__init__`` and returns its ids as a tuple."""
+        if not isinstance(split_name, str) or not _SPLIT_NAME.fullmatch(split_name):
+            raise ValueError(
+                f"Corpus {self.name!r}: split name {split_name!r} must be {_SPLIT_NAME_RULE}"
+            )
+        if isinstance(ids, str) or not isinstance(ids, Iterable):
+            raise ValueError(
+                f"Corpus {self.name!r}: split {split_name!r} must be a list of passage ids, "
+                f"got {type(ids).__name__}"
+            )
+        members = tuple(ids)
+        unknown = [pid for pid in members if pid not in self._positions]
+        if unknown:
+            raise ValueError(
+                f"Corpus {self.name!r}: split {split_name!r} names passages the corpus does "
+                f"not hold: {unknown[:3]}"
+            )
+        if len(set(members)) != len(members):
+            raise ValueError(
+                f"Corpus {self.name!r}: split {split_name!r} lists a passage twice; each "
+                f"passage may appear once per split"
+            )
+        return members
 
     @property
     def passages(self) -> tuple[Passage, ...]:
         """The passages, in order."""
         return self._passages
+
+    @property
+    def splits(self) -> Mapping[str, tuple[str, ...]]:
+        """The named splits: split name -> ids of its passages, in order (read-only).
+
+        A corpus made by :meth:`select` keeps every split name, each narrowed to the
+        passages it holds (possibly none).
+        """
+        return MappingProxyType(self._splits)
 
     @property
     def num_questions(self) -> int:
@@ -225,12 +285,21 @@ class Corpus(Sequence[Passage]):
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Corpus):
             return NotImplemented
-        return self.name == other.name and self._passages == other._passages
+        return (
+            self.name == other.name
+            and self._passages == other._passages
+            and self._splits == other._splits
+        )
 
     __hash__ = None  # type: ignore[assignment]  # mutable name, like a list
 
     def __repr__(self) -> str:
-        return f"Corpus(name={self.name!r}, passages={len(self)}, questions={self.num_questions})"
+        sizes = {k: len(v) for k, v in self._splits.items()}
+        splits = f", splits={sizes}" if sizes else ""
+        return (
+            f"Corpus(name={self.name!r}, passages={len(self)}, "
+            f"questions={self.num_questions}{splits})"
+        )
 
     def by_id(self, pid: str) -> Passage:
         """Returns the passage whose id is ``pid``.
@@ -256,19 +325,27 @@ class Corpus(Sequence[Passage]):
 
         Args:
             spec: ``None`` for all passages; a string ``"start:stop"`` (either bound may be
-                left out) or ``"i"``; a ``slice``; or a sequence of int indices.
+                left out) or ``"i"``; a split name such as ``"heldout"``, optionally with a
+                selection inside it such as ``"heldout[0:12]"`` or ``"heldout[3]"``
+                (positions count within the split); a ``slice``; or a sequence of int
+                indices.
 
         Returns:
-            A corpus named ``"<name>[<spec>]"`` (just ``name`` for ``None``).
+            A corpus named ``"<name>[<spec>]"`` (just ``name`` for ``None``;
+            ``"<name>[<split>][<inner spec>]"`` for a selection inside a split). It keeps
+            every split name, narrowed to the passages it holds.
 
         Raises:
-            IndexError: If an index or bound lies outside the corpus; the message gives
-                the corpus size.
-            ValueError: If the spec cannot be parsed, repeats an index, or selects nothing.
+            IndexError: If an index or bound lies outside the corpus (or the split); the
+                message gives its size.
+            ValueError: If the spec cannot be parsed, names an unknown split (the message
+                lists the valid names), repeats an index, or selects nothing.
             TypeError: If the spec is of an unsupported type.
         """
         if spec is None:
-            return Corpus(self._passages, name=self.name)
+            return Corpus(self._passages, name=self.name, splits=self._splits)
+        if isinstance(spec, str) and _names_a_split(spec):
+            return self._select_split(spec.strip())
         if isinstance(spec, str):
             label = spec.strip()
             picked = self._parse_spec_string(label)
@@ -293,7 +370,52 @@ class Corpus(Sequence[Passage]):
                 f"Selection {spec!r} of corpus {self.name!r} repeats an index; "
                 f"each passage may be selected once"
             )
-        return Corpus([self._passages[i] for i in picked], name=f"{self.name}[{label}]")
+        return self._subset(picked, f"{self.name}[{label}]")
+
+    def _subset(self, positions: Sequence[int], name: str) -> Corpus:
+        """The passages at ``positions`` as a corpus that keeps the splits, narrowed."""
+        chosen = [self._passages[i] for i in positions]
+        kept = {p.id for p in chosen}
+        splits = {k: [pid for pid in ids if pid in kept] for k, ids in self._splits.items()}
+        return Corpus(chosen, name=name, splits=splits)
+
+    def _select_split(self, text: str) -> Corpus:
+        """Selects ``"<split>"`` or ``"<split>[<spec>]"``; ``<spec>`` counts within the split."""
+        match = _SPLIT_SPEC.fullmatch(text)
+        if match is None:
+            raise ValueError(
+                f"Cannot parse selection {text!r} for corpus {self.name!r}; write a split "
+                f"name like 'heldout', a split and a range like 'heldout[0:12]', "
+                f"'start:stop' like '0:20', or a single index like '7'"
+            )
+        split_name, inner = match.group(1), match.group(2)
+        if split_name not in self._splits:
+            if not self._splits:
+                raise ValueError(
+                    f"Corpus {self.name!r} has no named splits, so {text!r} cannot be "
+                    f"selected; select passages by 'start:stop' like '0:20' or by a list of "
+                    f"indices"
+                )
+            raise ValueError(
+                f"Corpus {self.name!r} has no split named {split_name!r}; valid split "
+                f"names: {', '.join(sorted(self._splits))} (or select by 'start:stop' or "
+                f"a list of indices)"
+            )
+        ids = self._splits[split_name]
+        if not ids:
+            raise ValueError(
+                f"Split {split_name!r} of corpus {self.name!r} holds none of its "
+                f"{len(self)} passages; pick a split the selection overlaps"
+            )
+        part = self._subset([self._positions[pid] for pid in ids], f"{self.name}[{split_name}]")
+        if inner is None:
+            return part
+        if _names_a_split(inner):
+            raise ValueError(
+                f"Cannot parse selection {text!r}: inside a split write positions such as "
+                f"'{split_name}[0:12]' or '{split_name}[3]', not another split name"
+            )
+        return part.select(inner)
 
     def _check_index(self, index: Any) -> int:
         """Resolves an int index (negatives from the end) or raises a sized IndexError."""
@@ -347,6 +469,12 @@ class Corpus(Sequence[Passage]):
         if spec.step == 0:
             raise ValueError("slice step cannot be zero")
         return list(range(size))[spec]
+
+
+def _names_a_split(text: str) -> bool:
+    """Tells a split selection (it starts like a name) from a position one ("0:20", "-3")."""
+    head = text.strip()[:1]
+    return head.isalpha() or head == "_"
 
 
 def _slice_label(spec: slice) -> str:
@@ -428,14 +556,19 @@ def _require_list(mapping: Any, key: str, where: str, what: str) -> list[Any]:
     return value
 
 
-def _make_corpus(passages: list[Passage], name: str, source: str) -> Corpus:
+def _make_corpus(
+    passages: list[Passage],
+    name: str,
+    source: str,
+    splits: Mapping[str, Sequence[str]] | None = None,
+) -> Corpus:
     """Builds the corpus, refusing to hand back an empty one."""
     if not passages:
         raise ValueError(
             f"{source} has no passage with an answered question; nothing to teach. "
             f"Check that questions carry non-empty answers"
         )
-    return Corpus(passages, name=name)
+    return Corpus(passages, name=name, splits=splits)
 
 
 def _read_json(path: str | Path) -> tuple[Any, Path]:
@@ -454,6 +587,20 @@ def _read_json(path: str | Path) -> tuple[Any, Path]:
             f"Corpus file {str(resolved)!r} is not valid JSON (line {err.lineno}, column "
             f"{err.colno}: {err.msg}). Accepted sources: {ACCEPTED_FORMATS}"
         ) from err
+    except UnicodeDecodeError as err:
+        raise ValueError(
+            f"Corpus file {str(resolved)!r} is not UTF-8 text (byte {err.start}: {err.reason});"
+            f" save it as UTF-8 JSON. Accepted sources: {ACCEPTED_FORMATS}"
+        ) from None
+    except RecursionError:
+        # Python's JSON parser recurses once per nesting level; a hostile or corrupt file
+        # nested deeper than the interpreter's limit would otherwise end in a traceback
+        # (issue 13, item 5). Both corpus formats need at most 9 levels.
+        raise ValueError(
+            f"Corpus file {str(resolved)!r} is nested deeper than Python's JSON parser allows "
+            f"(about {sys.getrecursionlimit()} levels) while a corpus needs at most 9, so it "
+            f"is corrupt or not a corpus: give a records or official SQuAD JSON file instead"
+        ) from None
 
 
 def _records_corpus(data: Any, name: str, source: str) -> Corpus:
@@ -470,10 +617,15 @@ def _records_corpus(data: Any, name: str, source: str) -> Corpus:
         )
     what = '{"title", "context", "questions": [{"question", "answer"}]}'
     passages: list[Passage] = []
+    splits: dict[str, list[str]] = {}  # split name -> passage ids, in first-seen order
+    with_split: list[int] = []  # record indices that name a split, and those that do not
+    without_split: list[int] = []
     for index, record in enumerate(data):
         where = f"{source}: record {index}"
         title = _require_str(record, "title", where, what)
         context = _require_str(record, "context", where, what)
+        split = _record_split(record, where)
+        (without_split if split is None else with_split).append(index)
         raw_questions = _require_list(record, "questions", where, what)
         questions: list[Question] = []
         for q_index, raw in enumerate(raw_questions):
@@ -490,7 +642,25 @@ def _records_corpus(data: Any, name: str, source: str) -> Corpus:
         if questions:
             # The id keeps the source index, so it does not shift when passages are skipped.
             passages.append(Passage(f"{name}:{index}", title, context, tuple(questions)))
-    return _make_corpus(passages, name, source)
+            if split is not None:
+                splits.setdefault(split, []).append(passages[-1].id)
+    if with_split and without_split:
+        # Half-labelled data would leave passages in no split without anyone noticing.
+        raise ValueError(
+            f"{source}: record {with_split[0]} has a 'split' but record {without_split[0]} "
+            f"has none; give every record a 'split' (like 'tune' or 'heldout') or none"
+        )
+    return _make_corpus(passages, name, source, splits)
+
+
+def _record_split(record: Mapping[str, Any], where: str) -> str | None:
+    """The record's optional ``"split"`` name, checked; None when it has none."""
+    if "split" not in record:
+        return None
+    value = record["split"]
+    if not isinstance(value, str) or not _SPLIT_NAME.fullmatch(value):
+        raise ValueError(f"{where}: 'split' must be {_SPLIT_NAME_RULE}, got {value!r}")
+    return value
 
 
 def _squad_corpus(data: Any, name: str, source: str) -> Corpus:
@@ -541,7 +711,8 @@ def load_records(path: str | Path, *, name: str | None = None) -> Corpus:
 
     The file is a list of ``{"title", "context", "questions": [{"question", "answer"}]}``
     objects; ``"answer"`` may be a string or a list of strings, and may be spelled
-    ``"answers"``.
+    ``"answers"``. Records may carry ``"split": "<name>"`` (all of them or none): the
+    corpus's :attr:`Corpus.splits` then maps each name to its passages, in file order.
 
     Args:
         path: The JSON file.
@@ -553,8 +724,9 @@ def load_records(path: str | Path, *, name: str | None = None) -> Corpus:
 
     Raises:
         FileNotFoundError: If the file is missing; the message lists accepted formats.
-        ValueError: If the JSON is malformed (the message names the record index and the
-            missing key) or no passage has an answered question.
+        ValueError: If the JSON is malformed or nested too deep (the message names the
+            record index and the missing key, or the file), a ``"split"`` is not a name or
+            is given for only some records, or no passage has an answered question.
     """
     data, resolved = _read_json(path)
     return _records_corpus(data, name or resolved.stem, str(resolved))

@@ -617,3 +617,146 @@ def test_unrecognised_json_and_invalid_json(tmp_path: Path) -> None:
     broken.write_text('[{"title": ', encoding="utf-8")
     with pytest.raises(ValueError, match="not valid JSON"):
         load_corpus(str(broken))
+
+
+def test_unreadable_json_is_one_line_error_naming_the_file(tmp_path: Path) -> None:
+    from selfedit.envs.config import ConfigError
+    from selfedit.envs.selfedit_env import load_env_corpus
+
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000, encoding="utf-8")  # issue 13, item 5
+    binary = tmp_path / "latin1.json"
+    binary.write_bytes('[{"title": "caf\xe9"}]'.encode("latin-1"))
+    for path, fragment in ((deep, "nested deeper than Python's JSON parser allows"),
+                           (binary, "not UTF-8")):
+        for load in (load_corpus, load_records, load_squad_json):
+            with pytest.raises(ValueError, match=fragment) as info:
+                load(str(path))
+            assert str(path) in str(info.value) and "\n" not in str(info.value)
+        with pytest.raises(ConfigError, match="env.corpus=") as info:
+            load_env_corpus(str(path))
+        assert fragment in str(info.value) and "\n" not in str(info.value)
+
+
+# ---------------------------------------------------------------- named splits
+
+
+def split_corpus() -> Corpus:
+    """Five passages; tune = 0-2, heldout = 3-4."""
+    corpus = make_corpus(5)
+    return Corpus(corpus, name="toy", splits={"tune": ["toy:0", "toy:1", "toy:2"],
+                                              "heldout": ["toy:3", "toy:4"]})
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected", "name"),
+    [
+        ("heldout", [3, 4], "toy[heldout]"),
+        (" tune ", [0, 1, 2], "toy[tune]"),
+        ("heldout[0:1]", [3], "toy[heldout][0:1]"),
+        ("heldout[-1]", [4], "toy[heldout][-1]"),
+        ("tune[1:]", [1, 2], "toy[tune][1:]"),
+        ("tune[::2]", [0, 2], "toy[tune][::2]"),
+    ],
+)
+def test_select_split_by_name(spec: str, expected: list[int], name: str) -> None:
+    picked = split_corpus().select(spec)
+    assert [p.id for p in picked] == [f"toy:{i}" for i in expected]
+    assert picked.name == name
+
+
+def test_selections_keep_split_names_narrowed() -> None:
+    corpus = split_corpus()
+    first = corpus.select("0:4")
+    assert dict(first.splits) == {"tune": ("toy:0", "toy:1", "toy:2"), "heldout": ("toy:3",)}
+    assert [p.id for p in first.select("heldout")] == ["toy:3"]
+    assert dict(corpus.select("heldout").splits) == {"tune": (), "heldout": ("toy:3", "toy:4")}
+    assert corpus.select(None) == corpus and corpus.select(None).splits == corpus.splits
+    assert "splits={'tune': 3, 'heldout': 2}" in repr(corpus)
+    assert corpus != make_corpus(5)  # same passages, no splits
+
+
+@pytest.mark.parametrize(
+    ("spec", "error", "message"),
+    [
+        ("heldot", ValueError, r"no split named 'heldot'; valid split names: heldout, tune"),
+        ("heldout[0:3]", IndexError, r"corpus 'toy\[heldout\]' with 2 passages"),
+        ("heldout[2]", IndexError, r"corpus 'toy\[heldout\]' with 2 passages"),
+        ("heldout[tune]", ValueError, "not another split name"),
+        ("heldout[0:1", ValueError, "Cannot parse selection 'heldout\\[0:1'"),
+        ("heldout[]", ValueError, "Empty selection string"),
+        ("held out", ValueError, "Cannot parse selection"),
+    ],
+)
+def test_select_split_errors(spec: str, error: type[Exception], message: str) -> None:
+    with pytest.raises(error, match=message):
+        split_corpus().select(spec)
+
+
+def test_select_split_on_a_corpus_without_splits_or_outside_the_selection() -> None:
+    with pytest.raises(ValueError, match="has no named splits"):
+        make_corpus(5).select("heldout")
+    with pytest.raises(ValueError, match="holds none of its 2 passages"):
+        split_corpus().select("0:2").select("heldout")
+
+
+def test_env_reports_an_unknown_split_as_a_config_error() -> None:
+    from selfedit.envs.config import ConfigError
+    from selfedit.envs.selfedit_env import select_passages
+
+    assert [p.id for p in select_passages(split_corpus(), "heldout[1:]")] == ["toy:4"]
+    with pytest.raises(ConfigError, match=r"env.passages='test'.*valid split names: heldout"):
+        select_passages(split_corpus(), "test")
+
+
+@pytest.mark.parametrize(
+    ("splits", "message"),
+    [
+        ({"1st": ["toy:0"]}, "split name '1st' must be a letter"),
+        ({"a b": ["toy:0"]}, "split name 'a b'"),
+        ({"tune": ["toy:9"]}, r"names passages the corpus does not hold: \['toy:9'\]"),
+        ({"tune": ["toy:0", "toy:0"]}, "lists a passage twice"),
+        ({"tune": "toy:0"}, "must be a list of passage ids"),
+    ],
+)
+def test_corpus_checks_its_splits(splits: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Corpus(make_corpus(3), name="toy", splits=splits)
+
+
+def test_records_with_split_fields_give_named_splits(tmp_path: Path) -> None:
+    records = [
+        dict(RECORDS[0], split="tune"),
+        {"title": "gone", "context": "c", "questions": [], "split": "tune"},  # dropped
+        dict(RECORDS[1], split="heldout"),
+        dict(RECORDS[0], title="again", split="tune"),
+    ]
+    path = write_json(tmp_path / "split.json", records)
+    corpus = load_corpus(str(path))
+
+    assert dict(corpus.splits) == {"tune": ("split:0", "split:3"), "heldout": ("split:2",)}
+    assert list(corpus.splits) == ["tune", "heldout"]  # first-seen order
+    assert [p.title for p in corpus.select("tune")] == ["Broncos", "again"]
+    assert load_records(path) == corpus
+    # The split is not content: it leaves the cache key of a passage unchanged.
+    plain = load_records(write_json(tmp_path / "plain.json", RECORDS))
+    assert corpus[0].fingerprint == plain[0].fingerprint
+    assert dict(plain.splits) == {}
+
+
+@pytest.mark.parametrize(
+    ("records", "message"),
+    [
+        ([dict(RECORDS[0], split="tune"), RECORDS[1]],
+         "record 0 has a 'split' but record 1 has none"),
+        ([RECORDS[0], dict(RECORDS[1], split="tune")],
+         "record 1 has a 'split' but record 0 has none"),
+        ([dict(RECORDS[0], split=3)], "record 0: 'split' must be a letter"),
+        ([dict(RECORDS[0], split="held out")], "got 'held out'"),
+    ],
+)
+def test_bad_split_fields_name_the_record(
+    tmp_path: Path, records: list[dict[str, Any]], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        load_corpus(str(write_json(tmp_path / "bad_split.json", records)))
