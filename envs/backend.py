@@ -20,6 +20,7 @@ carries a quantization marker that transformers' Trainer (and so TRL) refuses to
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -324,6 +325,7 @@ class HFBackend:
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.batch_size = batch_size
+        self._bank: Any = None  # the update operator's active adapters (adapters_ready)
         self.chat = chat and getattr(self.tokenizer, "chat_template", None) is not None
         self.fingerprint = f"{Path(self.name).name}-{weights_checksum(self.model)[:12]}"
 
@@ -355,6 +357,14 @@ class HFBackend:
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
+    # -- adapters (called by LoRAUpdate.adapted_many) ---------------------------------
+    def adapters_ready(self, bank: Any) -> None:
+        """Serve the bank's adapters: ``generate(..., adapters=[...])`` routes rows to them."""
+        self._bank = bank
+
+    def adapters_done(self) -> None:
+        self._bank = None
+
     @torch.no_grad()
     def generate(
         self,
@@ -366,38 +376,102 @@ class HFBackend:
         seed: int | None = None,
         max_prompt_tokens: int = 2048,
         response_prefix: str = "",
+        adapters: Sequence[int | None] | None = None,
     ) -> list[str]:
         """Complete each prompt; greedy when ``temperature`` is 0, seeded sampling otherwise.
 
-        Prompts are batched with left padding; the returned texts exclude the prompt and
-        special tokens. ``response_prefix`` starts the model's reply (e.g. ``{"`` to steer
-        a small model into JSON) and is included in the returned text.
+        Prompts are batched by length with left padding; the returned texts (in the order
+        of ``prompts``) exclude the prompt and special tokens. ``response_prefix`` starts the
+        model's reply (e.g. ``{"`` to steer a small model into JSON) and is included in the
+        returned text. ``adapters[i]`` names the adapter that answers prompt i (None: the
+        base model) while an update operator's adapters are active (issue 11).
+
+        Sampling draws prompt i's tokens from its own generator seeded ``seed + i`` (as
+        vLLM seeds per request), so a completion does not depend on which other prompts
+        share its batch: K templates completed together sample what each would alone.
         """
+        from transformers import LogitsProcessorList
+
+        if not prompts:
+            return []
+        if adapters is not None:
+            if len(adapters) != len(prompts):
+                raise ValueError(f"adapters has {len(adapters)} entries for {len(prompts)}"
+                                 " prompts")
+            if self._bank is None and any(a is not None for a in adapters):
+                raise RuntimeError("adapters= names adapters, but none is active: call"
+                                   " generate inside an update operator's adapted_many block")
         tok = self.tokenizer
         was_training = self.model.training
         self.model.eval()
         tok.padding_side = "left"  # decoder-only batching: pad on the left
-        if seed is not None:
-            torch.manual_seed(seed)
-        outputs: list[str] = []
         texts = self.prompt_texts(prompts, response_prefix)
-        for start in range(0, len(texts), self.batch_size):
-            batch = tok(
-                texts[start : start + self.batch_size],
-                return_tensors="pt",
-                padding=True,
-                truncation=True,
-                max_length=max_prompt_tokens,
-                add_special_tokens=not self.chat,
-            ).to(self.device)
+        encoded = tok(texts, truncation=True, max_length=max_prompt_tokens,
+                      add_special_tokens=not self.chat)["input_ids"]
+        # Similar lengths share a batch: less padding to compute over.
+        order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))
+        outputs: list[str] = [""] * len(texts)
+        for start in range(0, len(order), self.batch_size):
+            rows = order[start : start + self.batch_size]
+            batch = tok.pad({"input_ids": [encoded[i] for i in rows]},
+                            return_tensors="pt").to(self.device)
             kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens,
-                                      "pad_token_id": tok.pad_token_id}
+                                      "pad_token_id": tok.pad_token_id,
+                                      "do_sample": False, "temperature": None, "top_p": None,
+                                      "top_k": None}
             if temperature > 0:
-                kwargs.update(do_sample=True, temperature=temperature, top_p=top_p)
-            else:
-                kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-            out = self.model.generate(**batch, **kwargs)  # (B, T_prompt + T_new)
+                base = seed if seed is not None else int(torch.randint(0, 2**62, (1,)).item())
+                kwargs["logits_processor"] = LogitsProcessorList([RowSampler(
+                    [base + i for i in rows], temperature=temperature, top_p=top_p,
+                    top_k=getattr(self.model.generation_config, "top_k", None) or 50)])
+            route = (self._bank.rows([adapters[i] for i in rows])
+                     if adapters is not None and self._bank is not None
+                     else contextlib.nullcontext())
+            with route:
+                out = self.model.generate(**batch, **kwargs)  # (B, T_prompt + T_new)
             new = out[:, batch["input_ids"].shape[1] :]
-            outputs.extend(tok.batch_decode(new, skip_special_tokens=True))
+            for i, text in zip(rows, tok.batch_decode(new, skip_special_tokens=True),
+                               strict=True):
+                outputs[i] = text
         self.model.train(was_training)
         return [(response_prefix + o).strip() for o in outputs]
+
+
+class RowSampler:
+    """A logits processor that samples each row from its own seeded generator.
+
+    Applied with greedy decoding: it keeps only the token it sampled, so ``generate``'s
+    argmax returns it. Temperature, then top-k, then nucleus (top-p) filtering, as
+    transformers orders its sampling warpers. Row r of every batch belongs to prompt
+    ``seeds[r]``'s generator for the whole generation, which makes samples independent of
+    how prompts are batched.
+    """
+
+    def __init__(self, seeds: Sequence[int], *, temperature: float, top_p: float = 1.0,
+                 top_k: int = 50) -> None:
+        self.generators = []
+        for seed in seeds:
+            gen = torch.Generator()
+            gen.manual_seed(int(seed) % (2**63))
+            self.generators.append(gen)
+        self.temperature = temperature
+        self.top_p = top_p
+        self.top_k = top_k
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        logits = scores.float() / self.temperature  # (B, V)
+        if 0 < self.top_k < logits.shape[-1]:
+            kth = torch.topk(logits, self.top_k, dim=-1).values[:, -1:]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        probs = torch.softmax(logits, dim=-1)
+        if self.top_p < 1.0:
+            sorted_probs, sorted_idx = torch.sort(probs, descending=True, dim=-1)
+            # Drop tokens once the mass *before* them already reaches top_p (keeps >= 1).
+            drop = sorted_probs.cumsum(-1) - sorted_probs >= self.top_p
+            sorted_probs = sorted_probs.masked_fill(drop, 0.0)
+            probs = torch.zeros_like(probs).scatter(-1, sorted_idx, sorted_probs)
+        out = torch.full_like(scores, float("-inf"))
+        for row, gen in enumerate(self.generators):
+            token = torch.multinomial(probs[row].cpu(), 1, generator=gen)
+            out[row, token.to(out.device)] = 0.0
+        return out

@@ -10,16 +10,21 @@ The env only sees this protocol, so full fine-tuning or singular-value experts
     # base weights restored, stats filled in (loss curve, tokens, seconds, error)
 
 ``max_seconds`` is what is left of the env's step budget (``max_step_seconds``); an operator
-stops training when it is spent and says so in ``stats.notes``.
+stops training when it is spent and says so in ``stats.notes``. A training sequence is a
+string (loss on all its tokens) or a ``(prompt, target)`` pair (loss on the target only).
+
+An operator that can adapt several copies at once also offers :class:`BatchedUpdateOperator`'s
+``adapted_many``: K requests in, K stats out, and inside the block
+``backend.generate(prompts, adapters=[k or None per prompt])`` answers each prompt with its
+own adapter. The env uses it when it exists (one pass for K templates, issue 11) and falls
+back to one ``adapted`` block per request otherwise.
 
 A backend that generates outside ``backend.model`` (vLLM serves its own copy of the weights)
-learns of the adapter through two optional hooks, called only when the backend has them:
-``backend.adapter_ready(peft_model)`` once the adapter is trained, inside the block before
-its body runs, and ``backend.adapter_done()`` when the block is left, however it is left.
-
-:class:`LoRAUpdate` is the lean loop the design measured (DESIGN.md): a fresh PEFT LoRA per
-step on the already-loaded model, AdamW on the adapter only, dynamic padding (never padding
-to a fixed length), no Trainer built per request.
+learns of adapters through optional hooks, called only when the backend has them:
+``backend.adapters_ready(bank)`` / ``backend.adapters_done()`` around a block of
+:class:`LoRAUpdate` (the bank exports each adapter in PEFT's format), and
+``backend.adapter_ready(peft_model)`` / ``backend.adapter_done()`` around a block of
+:class:`PeftLoRAUpdate`.
 """
 
 from __future__ import annotations
@@ -34,9 +39,11 @@ from typing import Any, Protocol
 
 import torch
 
+from selfedit.envs.multilora import AdapterRequest, LoRABank, TrainingSequence, train_adapters
 from selfedit.envs.templates import Hyperparameters
 
-__all__ = ["LoRAUpdate", "LossCurve", "UpdateOperator", "UpdateStats"]
+__all__ = ["AdapterRequest", "BatchedUpdateOperator", "LoRAUpdate", "LossCurve", "PeftLoRAUpdate",
+           "TrainingSequence", "UpdateOperator", "UpdateStats"]
 
 DEFAULT_TARGET_MODULES = (
     "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
@@ -87,8 +94,8 @@ class UpdateOperator(Protocol):
     On leaving the block, whether it ended normally or by an exception, the base weights
     must be bit-identical to before (the env checks it with ``weights_checksum``). A
     failure the caller should know about (a non-finite loss) goes into ``stats.error``.
-    An operator that builds an adapter calls the backend's optional ``adapter_ready`` and
-    ``adapter_done`` hooks (module docstring).
+    An operator that builds an adapter calls the backend's optional hooks (module
+    docstring).
     """
 
     name: str
@@ -96,12 +103,26 @@ class UpdateOperator(Protocol):
     def adapted(
         self,
         backend: Any,
-        sequences: Sequence[str],
+        sequences: Sequence[TrainingSequence],
         hyperparameters: Hyperparameters,
         *,
         seed: int,
         max_seconds: float | None = None,
     ) -> contextlib.AbstractContextManager[UpdateStats]: ...
+
+
+class BatchedUpdateOperator(UpdateOperator, Protocol):
+    """An operator that adapts K copies at once (one pass through the frozen base).
+
+    ``requests[k]`` carries sequences, hyperparameters, seed and an absolute deadline
+    (``time.perf_counter()`` value). Inside the block, ``backend.generate(prompts,
+    adapters=[...])`` routes prompt i through adapter ``adapters[i]`` (None: the base).
+    Each request's failure is its own: ``stats[k].error``, the others unaffected.
+    """
+
+    def adapted_many(
+        self, backend: Any, requests: Sequence[AdapterRequest]
+    ) -> contextlib.AbstractContextManager[list[UpdateStats]]: ...
 
 
 def _call_hook(backend: Any, name: str, *args: Any) -> None:
@@ -112,7 +133,132 @@ def _call_hook(backend: Any, name: str, *args: Any) -> None:
 
 
 class LoRAUpdate:
-    """A fresh LoRA adapter trained with next-token prediction on the sequences.
+    """Fresh LoRA adapters trained with next-token prediction: one, or many in one pass.
+
+    The lean loop the design measured (DESIGN.md), on :class:`~selfedit.envs.multilora.
+    LoRABank`: adapters attach to the loaded model through forward hooks (the base modules
+    are never replaced or written), AdamW on the adapters only, sequences packed into rows
+    (no padding to a fixed length), no Trainer built per request. :meth:`adapted` trains one
+    adapter (the :class:`UpdateOperator` protocol); :meth:`adapted_many` trains K adapters
+    together -- one forward/backward through the frozen base per round of micro-batches --
+    and lets the backend answer with all of them in one batch (issue 11).
+
+    Args:
+        target_modules: module names that get LoRA weights.
+        micro_batch_size: sequences per micro-batch of one adapter;
+            ``gradient_accumulation_steps`` from the template multiplies it.
+        max_seq_tokens: sequences are cut to this many tokens, and never beyond the model's
+            context (``config.max_position_embeddings``); ``stats.notes`` counts the cuts.
+        max_train_tokens: budget of real tokens per update (sequences x epochs); the epochs
+            that would exceed it are not run, and ``stats.notes`` says so.
+        max_seconds: wall-clock budget per update; training stops when it is spent.
+        max_batch_tokens: padded tokens per joint forward pass; a round of K adapters'
+            micro-batches larger than this runs as several passes (memory bound).
+    """
+
+    name = "lora"
+
+    def __init__(
+        self,
+        *,
+        target_modules: Sequence[str] = DEFAULT_TARGET_MODULES,
+        micro_batch_size: int = 4,
+        max_seq_tokens: int = 512,
+        max_train_tokens: int = 200_000,
+        max_seconds: float = 600.0,
+        max_batch_tokens: int = 8192,
+    ) -> None:
+        self.target_modules = list(target_modules)
+        self.micro_batch_size = micro_batch_size
+        self.max_seq_tokens = max_seq_tokens
+        self.max_train_tokens = max_train_tokens
+        self.max_seconds = max_seconds
+        self.max_batch_tokens = max_batch_tokens
+        self.bank: LoRABank | None = None  # the adapters of the open block, if any
+
+    @contextlib.contextmanager
+    def adapted(
+        self,
+        backend: Any,
+        sequences: Sequence[TrainingSequence],
+        hyperparameters: Hyperparameters,
+        *,
+        seed: int,
+        max_seconds: float | None = None,
+    ) -> Iterator[UpdateStats]:
+        """One adapter: inside the block, ``backend.generate`` answers with it."""
+        request = AdapterRequest(sequences, hyperparameters, seed,
+                                 None if max_seconds is None
+                                 else time.perf_counter() + max_seconds)
+        with self.adapted_many(backend, [request]) as stats:
+            if self.bank is not None:
+                self.bank.default = 0
+            yield stats[0]
+
+    @contextlib.contextmanager
+    def adapted_many(
+        self, backend: Any, requests: Sequence[AdapterRequest]
+    ) -> Iterator[list[UpdateStats]]:
+        """K adapters trained together; inside the block ``backend.generate(...,
+        adapters=[k or None per prompt])`` routes each prompt through its adapter.
+
+        A request with ``num_epochs == 0`` or no sequences gets no adapter training (its
+        adapter stays zero: the base model). ``stats[k].error`` is set for an adapter whose
+        loss was not finite; the others are unaffected.
+        """
+        stats = [UpdateStats() for _ in requests]
+        trains = [bool(r.sequences) and r.hyperparameters.num_epochs > 0 for r in requests]
+        if not any(trains):
+            yield stats
+            return
+        model = backend.model
+        grad_state = {n: p.requires_grad for n, p in model.named_parameters()}
+        for p in model.parameters():
+            p.requires_grad_(False)  # the base is frozen: gradients reach the adapters only
+        specs = [(r.hyperparameters.lora_rank, r.hyperparameters.lora_alpha,
+                  r.hyperparameters.lora_dropout, r.seed) for r in requests]
+        bank = LoRABank(model, specs, target_modules=self.target_modules)
+        try:
+            now = time.perf_counter()
+            budgeted = []
+            for r in requests:
+                deadline = now + self.max_seconds
+                if r.deadline is not None:
+                    deadline = min(deadline, r.deadline)
+                sequences = r.sequences if r.hyperparameters.num_epochs > 0 else []
+                budgeted.append(AdapterRequest(sequences, r.hyperparameters, r.seed, deadline))
+            context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+            train_adapters(bank, budgeted, stats, tokenizer=backend.tokenizer,
+                           device=backend.device, micro_batch_size=self.micro_batch_size,
+                           max_seq_tokens=self.max_seq_tokens,
+                           max_train_tokens=self.max_train_tokens,
+                           max_batch_tokens=self.max_batch_tokens, context=context)
+            self.bank = bank
+            _call_hook(backend, "adapters_ready", bank)  # HF: row routing; vLLM: LoRARequests
+            yield stats
+        finally:
+            self.bank = None
+            try:
+                _call_hook(backend, "adapters_done")
+            finally:
+                bank.remove()
+                for name, param in model.named_parameters():
+                    param.requires_grad_(grad_state.get(name, False))
+                model.eval()
+
+    def merged_weights(self, k: int = 0) -> dict[str, torch.Tensor]:
+        """Inside a block: ``{module name: W + delta}`` of adapter ``k`` (continual mode)."""
+        if self.bank is None:
+            raise RuntimeError("merged_weights() is only available inside an adapted block")
+        return self.bank.merged_weights(k)
+
+
+class PeftLoRAUpdate:
+    """One fresh PEFT LoRA adapter per update: the reference for :class:`LoRAUpdate`.
+
+    The previous default operator, kept as an independent implementation: tests check that
+    :class:`LoRAUpdate` computes the same function as PEFT's LoRA, and backends that need a
+    ``PeftModel`` (the ``adapter_ready`` hook) can still be served.
 
     Args:
         target_modules: module names that get LoRA weights.
@@ -125,7 +271,7 @@ class LoRAUpdate:
         max_seconds: wall-clock budget per update; training stops when it is spent.
     """
 
-    name = "lora"
+    name = "peft-lora"
 
     def __init__(
         self,

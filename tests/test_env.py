@@ -19,7 +19,7 @@ FAST = {"completion_max_tokens": 24, "answer_max_tokens": 8, "baseline_cache": N
 
 def passage_template(**hp) -> str:
     return json.dumps({"data_creation_instruction": "", "include_passage": True,
-                       "hyperparameters": {"lora_rank": 8, "learning_rate": 1e-2,
+                       "hyperparameters": {"lora_rank": 8, "learning_rate": 3e-3,
                                            "num_epochs": 4, **hp}})
 
 

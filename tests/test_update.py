@@ -8,24 +8,44 @@ import torch
 
 from selfedit.envs.backend import weights_checksum
 from selfedit.envs.templates import Hyperparameters
-from selfedit.envs.update import LoRAUpdate
+from selfedit.envs.update import LoRAUpdate, PeftLoRAUpdate
 
 TEXT = ["The Orm harp of Drovia has forty-one strings made of braided gut and silver wire."]
+
+
+def _logits(backend) -> torch.Tensor:
+    with torch.no_grad():
+        return backend.model(input_ids=torch.tensor([[1, 40, 41, 42, 43]])).logits
 
 
 def test_lora_weights_change_and_loss_falls(tiny_backend) -> None:
     hp = Hyperparameters(lora_rank=8, learning_rate=1e-2, num_epochs=6)
     base = weights_checksum(tiny_backend.model)
-    with LoRAUpdate().adapted(tiny_backend, TEXT, hp, seed=0) as stats:
-        lora_b = [p for n, p in tiny_backend.model.named_parameters() if "lora_B" in n]
-        assert lora_b, "LoRA layers are in place inside the block"
+    before = _logits(tiny_backend)
+    op = LoRAUpdate()
+    with op.adapted(tiny_backend, TEXT, hp, seed=0) as stats:
+        assert op.bank is not None, "the adapters are in place inside the block"
+        lora_b = op.bank.parameters(0)[1::2]
         # B starts at zero; training moved it.
         assert all(float(p.detach().abs().sum()) > 0 for p in lora_b)
-        assert all(not p.requires_grad for n, p in tiny_backend.model.named_parameters()
-                   if "lora_" not in n)
+        assert all(not p.requires_grad for p in tiny_backend.model.parameters())
+        assert not torch.equal(_logits(tiny_backend), before)  # the model answers adapted
     assert stats.optimizer_steps == 6
     assert stats.loss_last < stats.loss_first
     assert stats.train_tokens > 6 * 10
+    assert op.bank is None
+    assert not any(m._forward_hooks for m in tiny_backend.model.modules())  # hooks removed
+    assert torch.equal(_logits(tiny_backend), before)
+    assert weights_checksum(tiny_backend.model) == base
+
+
+def test_peft_reference_learns_too(tiny_backend) -> None:
+    """The PEFT operator (the reference LoRAUpdate is checked against) still works."""
+    hp = Hyperparameters(lora_rank=8, learning_rate=1e-2, num_epochs=6)
+    base = weights_checksum(tiny_backend.model)
+    with PeftLoRAUpdate().adapted(tiny_backend, TEXT, hp, seed=0) as stats:
+        assert any("lora_B" in n for n, _ in tiny_backend.model.named_parameters())
+    assert stats.optimizer_steps == 6 and stats.loss_last < stats.loss_first
     assert not any("lora_" in n for n, _ in tiny_backend.model.named_parameters())
     assert weights_checksum(tiny_backend.model) == base
 
@@ -61,8 +81,9 @@ def test_non_finite_loss_stops_the_update_and_restores_the_base(tiny_backend) ->
 
 def test_no_training_leaves_the_model_alone(tiny_backend) -> None:
     before = weights_checksum(tiny_backend.model)
-    with LoRAUpdate().adapted(tiny_backend, TEXT, Hyperparameters(num_epochs=0), seed=0) as st:
-        assert not any("lora_" in n for n, _ in tiny_backend.model.named_parameters())
+    op = LoRAUpdate()
+    with op.adapted(tiny_backend, TEXT, Hyperparameters(num_epochs=0), seed=0) as st:
+        assert op.bank is None
     assert st.optimizer_steps == 0
     assert weights_checksum(tiny_backend.model) == before
 
@@ -74,5 +95,5 @@ def test_base_restored_when_the_block_raises(tiny_backend) -> None:
             raise RuntimeError("answering failed")
     except RuntimeError:
         pass
-    assert not any("lora_" in n for n, _ in tiny_backend.model.named_parameters())
+    assert not any(m._forward_hooks for m in tiny_backend.model.modules())
     assert weights_checksum(tiny_backend.model) == before

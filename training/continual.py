@@ -124,8 +124,9 @@ class MergingUpdate:
     While the inner operator's adapter is active (inside its ``with`` block, after the env
     answered), the effective weights of the LoRA-wrapped modules are captured; the inner
     operator then restores the base as usual, and :meth:`merge` writes the captured weights
-    into the model. Works with operators that put peft LoRA layers into ``backend.model``
-    (:class:`~selfedit.envs.update.LoRAUpdate`).
+    into the model. Works with operators that export their adapter (``merged_weights()``,
+    :class:`~selfedit.envs.update.LoRAUpdate`) or put peft LoRA layers into
+    ``backend.model`` (:class:`~selfedit.envs.update.PeftLoRAUpdate`).
     """
 
     def __init__(self, inner: Any) -> None:
@@ -141,7 +142,9 @@ class MergingUpdate:
                                 max_seconds=max_seconds) as stats:
             yield stats
             if self.armed and stats.error is None:
-                self.pending = lora_merged_weights(backend.model)
+                # LoRAUpdate's adapters live in hooks, not in the model: it exports them.
+                merged = getattr(self.inner, "merged_weights", None)
+                self.pending = merged() if merged else lora_merged_weights(backend.model)
 
     @torch.no_grad()
     def merge(self, model: torch.nn.Module) -> int:
