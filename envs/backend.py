@@ -211,7 +211,8 @@ def make_backend(cfg: EnvConfig) -> HFBackend:
 
         return VLLMBackend(cfg.model, dtype=cfg.dtype, device=cfg.device,
                            gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
-                           max_model_len=cfg.vllm_max_model_len)
+                           max_model_len=cfg.vllm_max_model_len,
+                           max_loras=cfg.vllm_max_loras)
     return HFBackend(cfg.model, dtype=cfg.dtype, device=cfg.device,
                      attn_implementation=cfg.attn_implementation)
 

@@ -55,6 +55,9 @@ class EnvConfig:
     vllm_max_model_len: int | None = _f(None, "engine=vllm: longest prompt + reply in tokens; "
                                         "null = the model's context (lower it to save "
                                         "KV-cache memory)")
+    vllm_max_loras: int = _f(8, "engine=vllm: LoRA adapters vLLM serves in one batch (a "
+                             "vector env step with more adapters schedules them in turns); "
+                             "each slot reserves GPU memory at the largest rank")
     corpus: str = _f("embedded", "passages: 'embedded' (invented subjects, ships with the "
                      "package), a records or SQuAD v1.1 .json file, a saved dataset "
                      "directory, or 'hf:<id>[:<split>]'")
@@ -112,6 +115,7 @@ class EnvConfig:
             )
         check_types(self, where="env")
         positive = ("passages_per_step", "completions_per_passage", "completion_max_tokens",
+                    "vllm_max_loras",
                     "answer_max_tokens", "max_sequences", "max_seq_tokens",
                     "max_train_tokens", "micro_batch_size")
         for name in positive:

@@ -8,12 +8,15 @@ backend holds two copies of the base weights on the GPU:
 * a ``vllm.LLM`` started with ``enable_lora``, which generates the template completions
   and the answers (DESIGN.md: vLLM serves LoRA adapters per request).
 
-The update operator hands each trained adapter over through two hooks
-(:mod:`selfedit.envs.update`): ``adapter_ready(peft_model)`` saves it to a temporary
-directory and makes every request inside the ``with`` block carry a ``LoRARequest`` for it,
-under a fresh integer id (vLLM caches adapters by id, so an id is never reused);
-``adapter_done()`` drops the request and deletes the directory. Both engines see the same
-token ids (:func:`request_prompts`) and sample with the same settings
+The update operator hands trained adapters over through hooks (:mod:`selfedit.envs.update`):
+``adapters_ready(bank)`` (LoRAUpdate: K adapters trained in one pass) saves each adapter in
+PEFT's format to a temporary directory, and a request for prompt i inside the ``with`` block
+carries the ``LoRARequest`` of the adapter ``generate(..., adapters=[...])`` names for it
+(vLLM batches requests for different adapters together, up to ``max_loras`` at a time);
+``adapter_ready(peft_model)`` does the same for PeftLoRAUpdate's one adapter. Every adapter
+gets a fresh integer id (vLLM caches adapters by id, so an id is never reused);
+``adapters_done()`` / ``adapter_done()`` drop the requests and delete the directories. Both
+engines see the same token ids (:func:`request_prompts`) and sample with the same settings
 (:func:`sampling_options`).
 
 Limit: vLLM loads the base weights once. A run that changes them in place (self-mode
@@ -27,6 +30,7 @@ Everything but :class:`VLLMBackend` itself runs without vLLM, so it is tested on
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import shutil
 import tempfile
@@ -44,6 +48,7 @@ __all__ = [
     "request_prompts",
     "sampling_options",
     "save_adapter",
+    "save_bank_adapter",
     "vllm_max_lora_rank",
 ]
 
@@ -85,6 +90,19 @@ def save_adapter(peft_model: Any, directory: str | os.PathLike[str]) -> Path:
     path = Path(directory)
     path.mkdir(parents=True, exist_ok=True)
     peft_model.save_pretrained(str(path), safe_serialization=True)
+    return path
+
+
+def save_bank_adapter(bank: Any, k: int, directory: str | os.PathLike[str]) -> Path:
+    """Write adapter ``k`` of a :class:`~selfedit.envs.multilora.LoRABank` as PEFT saves a
+    LoRA (``adapter_config.json`` + ``adapter_model.safetensors``), for vLLM to load."""
+    from safetensors.torch import save_file
+
+    path = Path(directory)
+    path.mkdir(parents=True, exist_ok=True)
+    tensors, config = bank.peft_state(k)
+    save_file(tensors, str(path / "adapter_model.safetensors"))
+    (path / "adapter_config.json").write_text(json.dumps(config, indent=2))
     return path
 
 
@@ -180,6 +198,7 @@ class VLLMBackend(HFBackend):
         gpu_memory_utilization: float = 0.4,
         max_model_len: int | None = None,
         max_lora_rank: int | None = None,
+        max_loras: int = 8,
         **llm_kwargs: Any,
     ) -> None:
         if not isinstance(model, (str, os.PathLike)):
@@ -195,13 +214,15 @@ class VLLMBackend(HFBackend):
             dtype=self.precision.dtype,  # the transformers copy's choice (dtype may be auto)
             enable_lora=True,
             max_lora_rank=self.max_lora_rank,
-            max_loras=1,  # one adapter is active at a time: the env answers inside one block
+            max_loras=max_loras,  # adapters in one batch; more are scheduled in turns
             gpu_memory_utilization=gpu_memory_utilization,
             max_model_len=max_model_len,
             **llm_kwargs,
         )
         self._lora: Any = None  # the LoRARequest of the adapter being served, if any
         self._adapter_dir: Path | None = None
+        self._bank_loras: list[Any] = []  # one LoRARequest per adapter of the active bank
+        self._bank_default: Any = None
         self._lora_ids = itertools.count(1)  # vLLM ids start at 1 and must stay unique
 
     def refresh(self, tag: str | None = None) -> str:
@@ -240,6 +261,38 @@ class VLLMBackend(HFBackend):
             shutil.rmtree(self._adapter_dir, ignore_errors=True)
             self._adapter_dir = None
 
+    def adapters_ready(self, bank: Any) -> None:
+        """Serve every adapter of ``bank``: each saved to its own temp dir, one id each."""
+        from vllm.lora.request import LoRARequest
+
+        self.adapters_done()
+        if max(bank.ranks) > self.max_lora_rank:
+            raise ValueError(f"LoRA rank {max(bank.ranks)} exceeds this vLLM engine's"
+                             f" max_lora_rank={self.max_lora_rank}")
+        self._bank = bank
+        self._adapter_dir = Path(tempfile.mkdtemp(prefix="selfedit-loras-"))
+        for k in range(len(bank)):
+            lora_id = next(self._lora_ids)
+            path = save_bank_adapter(bank, k, self._adapter_dir / str(k))
+            self._bank_loras.append(LoRARequest(f"selfedit-{lora_id}", lora_id, str(path)))
+
+    def adapters_done(self) -> None:
+        self._bank = None
+        self._bank_loras = []
+        self.adapter_done()
+
+    def _requests_loras(self, count: int, adapters: Sequence[int | None] | None) -> Any:
+        """The LoRARequest of each prompt: the named adapter, the bank's default, or the
+        single adapter of adapter_ready (None: the base model)."""
+        if self._bank_loras:
+            if adapters is None:
+                default = getattr(self._bank, "default", None)
+                adapters = [default] * count
+            return [None if a is None else self._bank_loras[a] for a in adapters]
+        if adapters is not None and any(a is not None for a in adapters):
+            raise RuntimeError("adapters= names adapters, but none is active")
+        return self._lora
+
     # -- text ---------------------------------------------------------------------------
     def generate(
         self,
@@ -251,8 +304,9 @@ class VLLMBackend(HFBackend):
         seed: int | None = None,
         max_prompt_tokens: int = 2048,
         response_prefix: str = "",
+        adapters: Sequence[int | None] | None = None,
     ) -> list[str]:
-        """:meth:`HFBackend.generate`'s contract, on vLLM, with the active adapter if any."""
+        """:meth:`HFBackend.generate`'s contract, on vLLM, each prompt with its adapter."""
         from vllm import SamplingParams
 
         if not prompts:
@@ -262,8 +316,11 @@ class VLLMBackend(HFBackend):
         options = sampling_options(self.model.generation_config, len(requests),
                                    max_new_tokens=max_new_tokens, temperature=temperature,
                                    top_p=top_p, seed=seed)
+        if adapters is not None and len(adapters) != len(prompts):
+            raise ValueError(f"adapters has {len(adapters)} entries for {len(prompts)} prompts")
         outputs = self.llm.generate(requests, [SamplingParams(**o) for o in options],
-                                    lora_request=self._lora, use_tqdm=False)
+                                    lora_request=self._requests_loras(len(prompts), adapters),
+                                    use_tqdm=False)
         # Decoded by the transformers tokenizer, as HFBackend decodes: same tokens, same text.
         replies = [self.tokenizer.decode(list(out.outputs[0].token_ids),
                                          skip_special_tokens=True) for out in outputs]

@@ -22,13 +22,14 @@ from selfedit.envs.backend import HFBackend, make_backend, weights_checksum
 from selfedit.envs.config import ConfigError, EnvConfig
 from selfedit.envs.selfedit_env import SelfEditEnv
 from selfedit.envs.templates import HP_RANGES, Hyperparameters
-from selfedit.envs.update import LoRAUpdate
+from selfedit.envs.update import LoRAUpdate, PeftLoRAUpdate
 from selfedit.envs.vllm_backend import (
     VLLMBackend,
     adapter_rank,
     request_prompts,
     sampling_options,
     save_adapter,
+    save_bank_adapter,
     vllm_max_lora_rank,
 )
 
@@ -151,6 +152,20 @@ class RecordingBackend(HFBackend):
     def adapter_done(self) -> None:
         self.events.append("done")
 
+    # LoRAUpdate's hooks: the bank's adapters, saved one directory each (VLLMBackend's way).
+    def adapters_ready(self, bank: Any) -> None:
+        self.events.append("ready")
+        if self.fail_ready:
+            raise ValueError("cannot serve this adapter")
+        super().adapters_ready(bank)
+        save_bank_adapter(bank, 0, self.adapter_dir)
+        with torch.no_grad(), bank.rows([0]):
+            self.adapted_logits = self.model(input_ids=self.probe).logits  # (1, T, V)
+
+    def adapters_done(self) -> None:
+        self.events.append("done")
+        super().adapters_done()
+
 
 @pytest.fixture()
 def recording(smol_tokenizer, tmp_path) -> RecordingBackend:
@@ -160,17 +175,20 @@ def recording(smol_tokenizer, tmp_path) -> RecordingBackend:
                             device="cpu", adapter_dir=tmp_path / "adapter")
 
 
-def test_update_hands_the_trained_adapter_over_and_takes_it_back(recording) -> None:
+@pytest.mark.parametrize("operator", [LoRAUpdate, PeftLoRAUpdate])
+def test_update_hands_the_trained_adapter_over_and_takes_it_back(recording, operator) -> None:
     from peft import PeftModel
 
     hp = Hyperparameters(lora_rank=8, lora_alpha=16, learning_rate=1e-2, num_epochs=4)
     base = weights_checksum(recording.model)
-    with LoRAUpdate().adapted(recording, TEXT, hp, seed=0) as stats:
+    with operator().adapted(recording, TEXT, hp, seed=0) as stats:
         assert recording.events == ["ready"]  # before the block's body: answers see it
     assert recording.events == ["ready", "done"]
     assert stats.optimizer_steps == 4 and stats.error is None
-    assert isinstance(recording.peft_model, PeftModel)
-    assert adapter_rank(recording.peft_model) == 8
+    if operator is PeftLoRAUpdate:
+        assert isinstance(recording.peft_model, PeftModel)
+        assert adapter_rank(recording.peft_model) == 8
+    assert json.loads((recording.adapter_dir / "adapter_config.json").read_text())["r"] == 8
     assert weights_checksum(recording.model) == base
 
     # The saved adapter is what vLLM would load: PEFT reads it back onto the base model,
@@ -196,7 +214,7 @@ def test_adapter_done_runs_when_the_block_raises(recording) -> None:
             raise RuntimeError("grader crashed")
     assert recording.events == ["ready", "done"]
     assert weights_checksum(recording.model) == base
-    assert not any("lora_" in n for n, _ in recording.model.named_parameters())
+    assert not any(m._forward_hooks for m in recording.model.modules())
 
 
 def test_adapter_done_runs_when_adapter_ready_fails(recording) -> None:
