@@ -2,7 +2,7 @@
 
 stable-baselines3 accepts neither ``Text`` actions nor ``Dict`` observations holding text, so
 :class:`DiscreteTemplateWrapper` turns the env into a contextual bandit over a discrete
-:class:`~selfedit.agents.bandits.TemplateLibrary`: an index per axis (instruction, LoRA rank,
+:class:`~selfedit.envs.library.TemplateLibrary`: an index per axis (instruction, LoRA rank,
 learning rate, epochs) in, a ``Box`` of numbers out.
 """
 
@@ -15,7 +15,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from selfedit.agents.bandits import Arm, TemplateLibrary
+from selfedit.envs.library import Arm, TemplateLibrary
 
 __all__ = ["DiscreteTemplateWrapper"]
 
