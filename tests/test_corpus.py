@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -760,3 +761,140 @@ def test_bad_split_fields_name_the_record(
 ) -> None:
     with pytest.raises(ValueError, match=message):
         load_corpus(str(write_json(tmp_path / "bad_split.json", records)))
+
+
+# ---------------------------------------------------------------- the embedded corpus
+# The rules envs/data/README.md states, checked on the shipped file. The raw JSON is read
+# so that nothing the loader would drop or normalise escapes the checks.
+
+EMBEDDED_RECORDS: list[dict[str, Any]] = (
+    json.loads(EMBEDDED_PATH.read_text(encoding="utf-8")) if EMBEDDED_PATH.is_file() else []
+)
+ORIGINAL_PASSAGES = 24  # the first release: 6 questions each, referred to by committed runs
+ORIGINAL_QUESTIONS = 6
+_NUMBER_WORDS = frozenset(
+    "one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
+    "sixteen seventeen eighteen nineteen twenty thirty forty fifty sixty seventy eighty ninety "
+    "hundred thousand million dozen half".split()
+)
+_TITLE_STOPWORDS = frozenset({"the", "and", "of"})
+
+
+def _norm_tokens(text: str) -> list[str]:
+    from selfedit.envs.grading import normalize_answer
+
+    return normalize_answer(text).split()
+
+
+def _runs(tokens: list[str], run: list[str]) -> int:
+    """How often ``run`` occurs as consecutive whole tokens in ``tokens``."""
+    width = len(run)
+    return sum(tokens[i : i + width] == run for i in range(len(tokens) - width + 1))
+
+
+def _verbatim_count(answer: str, context: str) -> int:
+    """Occurrences of ``answer`` in ``context``, case-sensitive, not inside a longer word."""
+    pattern = r"(?<![A-Za-z0-9])" + re.escape(answer) + r"(?![A-Za-z0-9])"
+    return len(re.findall(pattern, context))
+
+
+def _is_numeric(answer: str) -> bool:
+    """Numbers, quantities with units, dates and years ("2,817 metres", "seven", "1974")."""
+    words = re.split(r"[\s-]+", answer.lower())
+    return bool(re.search(r"\d", answer)) or any(w in _NUMBER_WORDS for w in words)
+
+
+def embedded_problems(records: list[dict[str, Any]], first_index: int = 0) -> list[str]:
+    """Every breach of the corpus rules, one line each (empty when the corpus is clean).
+
+    ``first_index`` is the corpus position of ``records[0]``: the original passages (the
+    first 24) keep their first six questions as they were released.
+    """
+    problems: list[str] = []
+    titles: set[str] = set()
+    for index, record in enumerate(records, first_index):
+        where = f"passage {index} ({record['title']!r})"
+        title, context, questions = record["title"], record["context"], record["questions"]
+        if title in titles:
+            problems.append(f"{where}: duplicate title")
+        titles.add(title)
+        texts = [title, context] + [q["question"] + q["answer"] for q in questions]
+        if not all(t.isascii() for t in texts):
+            problems.append(f"{where}: non-ASCII text")
+        if "\n" in context or not 110 <= len(context.split()) <= 200:
+            problems.append(f"{where}: not one paragraph of 110-200 words")
+        if len(questions) < 10 and index >= ORIGINAL_PASSAGES:
+            problems.append(f"{where}: {len(questions)} questions, need at least 10")
+        context_tokens = _norm_tokens(context)
+        golds = [_norm_tokens(q["answer"]) for q in questions]
+        subject = [w for w in re.findall(r"[a-z]+", title.lower())
+                   if len(w) >= 4 and w not in _TITLE_STOPWORDS]
+        for k, q in enumerate(questions):
+            answer, question = q["answer"], q["question"]
+            q_where = f"{where}, question {k} ({question!r})"
+            original = index < ORIGINAL_PASSAGES and k < ORIGINAL_QUESTIONS
+            if _verbatim_count(answer, context) != 1 or _runs(context_tokens, golds[k]) != 1:
+                problems.append(f"{q_where}: answer {answer!r} is not in the passage exactly once")
+            if not 1 <= len(answer.split()) <= 6 or not question.endswith("?"):
+                problems.append(f"{q_where}: answer longer than 6 words, or no question mark")
+            question_tokens = _norm_tokens(question)
+            for x, gold in enumerate(golds):
+                # Original questions may name facts asked by other original questions.
+                if (x == k or not (original and x < ORIGINAL_QUESTIONS)) and _runs(
+                    question_tokens, gold
+                ):
+                    problems.append(f"{q_where}: gives away the answer {questions[x]['answer']!r}")
+                if x != k and _runs(golds[x], golds[k]):
+                    problems.append(f"{q_where}: answer is part of {questions[x]['answer']!r}")
+            # Closed-book questions must say what they are about; the original ones may lean
+            # on the passage ("the observatory").
+            if not original and not any(w in question.lower() for w in subject):
+                problems.append(f"{q_where}: does not name the subject {title!r}")
+    return problems
+
+
+needs_embedded = pytest.mark.skipif(not EMBEDDED_RECORDS, reason=f"{EMBEDDED_PATH} not written")
+
+
+@needs_embedded
+def test_embedded_corpus_follows_its_rules() -> None:
+    problems = embedded_problems(EMBEDDED_RECORDS)
+    assert not problems, "\n".join(problems)
+
+
+VELT_CONTEXT = "The Velt Tower was built in 1710 by Ada Quill. " + " ".join(["Moss grows."] * 55)
+
+
+@pytest.mark.parametrize(
+    ("questions", "context", "message"),
+    [
+        ([("Who built the Velt Tower?", "Ada Quill")], VELT_CONTEXT, None),
+        ([("Who built the Velt Tower?", "Ada Quill"), ("Whose first name is Ada?", "Ada")],
+         VELT_CONTEXT, "is part of 'Ada Quill'"),
+        ([("When was it built?", "1710")], VELT_CONTEXT, "does not name the subject"),
+        ([("Who built the Velt Tower?", "Bob Quill")], VELT_CONTEXT, "exactly once"),
+        ([("Who built the Velt Tower?", "Ada Quill")], VELT_CONTEXT + " Ada Quill.",
+         "exactly once"),
+        ([("Who built the Velt Tower, Ada Quill?", "Ada Quill")], VELT_CONTEXT,
+         "gives away the answer 'Ada Quill'"),
+        ([("Who built the Velt Tower\u2019s top?", "Ada Quill")], VELT_CONTEXT, "non-ASCII"),
+        ([("What is the Velt Tower?", "The Velt Tower was built in 1710")], VELT_CONTEXT,
+         "longer than 6 words"),
+        ([("Who built the Velt Tower?", "Ada Quill")], "The Velt Tower was built by Ada Quill.",
+         "110-200 words"),
+    ],
+)
+def test_embedded_rules_catch_each_kind_of_breach(
+    questions: list[tuple[str, str]], context: str, message: str | None
+) -> None:
+    record = {"title": "Velt Tower", "context": context,
+              "questions": [{"question": q, "answer": a} for q, a in questions]}
+    problems = embedded_problems([record], first_index=ORIGINAL_PASSAGES)
+    assert any(p.endswith(f"{len(questions)} questions, need at least 10") for p in problems)
+    others = [p for p in problems if "need at least 10" not in p]
+    if message is None:
+        assert others == []
+    else:
+        assert any(message in p for p in others), problems
+    duplicated = embedded_problems([record, record], first_index=ORIGINAL_PASSAGES)
+    assert any("duplicate title" in p for p in duplicated)

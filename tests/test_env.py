@@ -164,8 +164,8 @@ def test_config_errors_name_the_key(tiny_backend) -> None:
         SelfEditEnv(backend=tiny_backend, passage_per_step=2)
     with pytest.raises(ConfigError, match="env.answer_max_tokens must be int"):
         SelfEditEnv(backend=tiny_backend, answer_max_tokens="many")
-    with pytest.raises(ConfigError, match="only 24 passages"):
-        SelfEditEnv(backend=tiny_backend, passages_per_step=30)
+    with pytest.raises(ConfigError, match=r"only \d+ passages"):
+        SelfEditEnv(backend=tiny_backend, passages_per_step=1000)
 
 
 def test_local_judge_as_reward_grader(tiny_backend) -> None:
