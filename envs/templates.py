@@ -19,9 +19,10 @@ built) -- goes through the same validation (:meth:`Template.from_dict`), so no f
 bypass the ranges or the ``hyperparameter_policy`` (issue 13, item 2).
 
 Parsing is bounded (issue 13, item 1): text longer than :data:`MAX_ACTION_CHARS` is
-rejected before any work, the JSON search is one linear scan over brackets and strings, only
-balanced spans nested at most :data:`MAX_JSON_DEPTH` deep reach the decoder, and the decoder
-gets at most :data:`MAX_DECODE_ATTEMPTS` tries and :data:`MAX_DECODE_CHARS` characters.
+rejected before any work, the JSON search is one linear scan over bracket runs and strings
+that stops after :data:`MAX_SCAN_TOKENS` runs, only balanced spans nested at most
+:data:`MAX_JSON_DEPTH` deep reach the decoder, and the decoder gets at most
+:data:`MAX_DECODE_ATTEMPTS` tries and :data:`MAX_DECODE_CHARS` characters.
 """
 
 from __future__ import annotations
@@ -745,7 +746,7 @@ def extract_json(
     anywhere, else the first list.
 
     The work is bounded whatever the text: longer than ``max_chars`` is rejected at once;
-    the scan is linear and stops after :data:`MAX_SCAN_TOKENS` brackets and strings; values
+    the scan is linear and stops after :data:`MAX_SCAN_TOKENS` bracket runs; values
     nested deeper than :data:`MAX_JSON_DEPTH` are skipped whole; the decoder gets at most
     :data:`MAX_DECODE_ATTEMPTS` tries on :data:`MAX_DECODE_CHARS` characters in all.
 
