@@ -78,9 +78,10 @@ MAX_DECODE_ATTEMPTS = 4096
 MAX_DECODE_CHARS = 4 * MAX_ACTION_CHARS
 # Tokens (a run of brackets with the text and strings before it) one extraction may scan. A
 # template is ~6 tokens, a 64-sequence self-edit ~4, a list of 64 question/answer objects
-# ~130; the cap bounds the Python loop (~1-5 us a token on a shared CPU) for hostile text
-# such as "[1," * 300_000, and lets a prefix nested 50,000 deep precede a template.
-MAX_SCAN_TOKENS = 100_000
+# ~130. The cap bounds the Python loop for hostile text such as "[1," * 300_000 (measured
+# 2-10 us a token on the shared 2-core CPU, so at most ~0.5 s under a load of 7), and still
+# lets a prefix nested ~45,000 deep precede a template (bare runs like "[" * 10**6: any depth).
+MAX_SCAN_TOKENS = 50_000
 MAX_FENCES = 16  # fenced code blocks tried before the whole text
 MAX_RESCANS = 4  # rescans after a stray quote in prose (see _Search)
 MAX_INSTRUCTION_CHARS = 4000
@@ -475,8 +476,9 @@ _OPENERS = re.compile(r"([\[{]+)")
 _STRING = r'"[^"\\]*+(?:\\[\s\S]?[^"\\]*+)*+"'
 _TOKENS = re.compile(r'(?:[^\[\]{}"]++|' + _STRING + r')*+(?:([\[{]+)|([\]}]+)|("))?')
 # After a string ran to the end of the text from quote q, every quote after q is escaped in
-# the same way, so a string opened at any of them runs to the end too: later passes treat
-# every quote as such and stop there, instead of matching to the end again (quadratic).
+# the same way, so a string opened at any of them runs to the end too: past q the scan
+# matches a quote alone, and before q strings are matched only up to q (a string that would
+# pass q never closes) instead of to the end again and again, which was quadratic.
 _TOKENS_AFTER_OPEN_STRING = re.compile(r'[^\[\]{}"]*+(?:([\[{]+)|([\]}]+)|("))?')
 _OPENER_OF = {"}": "{", "]": "["}
 _OPENER_FOR = {dict: "{", list: "["}
@@ -582,10 +584,10 @@ class _Search:
     * Work is linear in ``len(text)`` apart from those rescans, and capped by
       ``budget.tokens``: a token is a run of openers or of closers with the text and strings
       before it, so ``"[" * 10**6`` is one token and ``'{"a":' * 1000`` a thousand. Every
-      regex is anchored or possessive; a string that never closes is matched to the end once,
-      after which quotes are taken as such (every later quote is escaped alike, so a string
-      opened at any of them would run to the end too); at most ``MAX_JSON_DEPTH`` brackets
-      are held one by one, deeper ones as counted runs.
+      regex is anchored or possessive; a string that never closes is matched to the end once:
+      every later quote is escaped alike, so a string opened at any of them, or one that
+      reaches it, runs to the end too, and later matches stop there; at most
+      ``MAX_JSON_DEPTH`` brackets are held one by one, deeper ones as counted runs.
     """
 
     def __init__(
@@ -629,10 +631,14 @@ class _Search:
 
     def settle(self, start: int, end: int, found: list[tuple[int, int, str]]) -> Any:
         """A top-level group closed: its value, or ``_RESCAN``, or ``_NOTHING``."""
+        text = self.text
+        if not (found or self.pending or text[start] == self.openers[0]):
+            if text.find('"', start, end) == -1:
+                return _NOTHING  # nothing to try, nothing a rescan could read otherwise
         value = self.attempt([], start)  # spans of abandoned passes that come before it
         if value is not _NOTHING or self.budget.decode_spent:
             return value
-        text, opener = self.text, self.text[start]
+        opener = text[start]
         # Without a quote inside, a rescan would read the group exactly as this pass did.
         quoted = text.find('"', start, end) != -1 and self.rescans < MAX_RESCANS
         if opener == self.openers[0]:
@@ -650,7 +656,9 @@ class _Search:
     def run(self) -> Any:
         text, budget, wanted = self.text, self.budget, self.openers
         pos = 0
-        tokens = _TOKENS
+        # Once a string ran to the end from quote q, every quote after q opens a string that
+        # runs to the end too (each is escaped alike): past q, quotes are matched alone.
+        endless_from = len(text)
         left = budget.tokens  # a local: this loop is the hot path on hostile text
         while True:  # one pass per restart after a wrong closer or an endless string
             live: list[tuple[int, str, int]] = []  # open brackets: (position, opener, mark)
@@ -659,13 +667,23 @@ class _Search:
             dead: list[list[int]] = []
             found: list[tuple[int, int, str]] = []
             restart = -1
-            endless_string = False
             while True:
                 if live or dead:
-                    m = tokens.match(text, pos)
-                    kind = m.lastindex
-                    if kind is None:  # the end of the text
-                        break
+                    if pos < endless_from:
+                        # Up to and including q: a string closing at q closes; one that
+                        # would pass q matches as a lone quote (group 3), which it is.
+                        m = _TOKENS.match(text, pos, endless_from + 1)
+                        kind = m.lastindex
+                        if kind is None:
+                            if m.end() >= len(text):
+                                break  # the end of the text
+                            pos = m.end()
+                            continue
+                    else:
+                        m = _TOKENS_AFTER_OPEN_STRING.match(text, pos)
+                        kind = m.lastindex
+                        if kind is None:
+                            break
                 else:
                     m = _OPENERS.search(text, pos)
                     if m is None:
@@ -686,7 +704,8 @@ class _Search:
                         _push_openers(live, dead, first, m.group(1), len(found))
                     continue
                 if kind == 3:  # a string that never closes: no open span is JSON
-                    restart, endless_string = first + 1, True
+                    restart = first + 1
+                    endless_from = min(endless_from, first)
                     break
                 i = first  # a run of closers
                 while i < pos and (live or dead):
@@ -719,17 +738,16 @@ class _Search:
             budget.tokens = left
             if budget.scan_spent:
                 return self.attempt(found, len(text))
-            if (live or dead) and self.rescan(found):
+            if (live or dead) and self.rescans < MAX_RESCANS and self.rescan(found):
                 pos = 1 + (dead[0][2] if dead else live[0][0])
                 continue
             if restart < 0:
                 return self.attempt(found, len(text))
-            value = self.attempt(found, restart)
-            if value is not _NOTHING or budget.decode_spent:
-                return value
+            if found or self.pending:
+                value = self.attempt(found, restart)
+                if value is not _NOTHING or budget.decode_spent:
+                    return value
             pos = restart
-            if endless_string:
-                tokens = _TOKENS_AFTER_OPEN_STRING
 
 
 _RESCAN = object()

@@ -2,7 +2,7 @@
 
 Every hostile text is parsed in both action modes (a template, a self-edit) and as a
 completion, and each parse must end in its defined outcome within ``BOUND_S``. Measured on
-the shared 2-core CPU under a load of 4-5: the worst text here takes 0.1-0.5 s (the scan
+the shared 2-core CPU under a load of 6: the worst text here takes 0.1-0.25 s (the scan
 stops after ``MAX_SCAN_TOKENS`` tokens); before the fix a 1 MB bracket run took minutes.
 """
 
@@ -32,7 +32,7 @@ from selfedit.envs.templates import (
     parse_template,
 )
 
-BOUND_S = 2.0  # generous: the slowest case below measures 0.1-0.5 s on the shared CPU
+BOUND_S = 2.0  # generous: the slowest case below measures 0.1-0.25 s on the shared CPU
 N = MAX_ACTION_CHARS  # hostile texts are built right at the cap
 TEMPLATE = {"data_creation_instruction": "List the facts, one per line.",
             "hyperparameters": {"lora_rank": 8, "num_epochs": 2}}
