@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -823,7 +824,7 @@ def embedded_problems(records: list[dict[str, Any]], first_index: int = 0) -> li
             problems.append(f"{where}: non-ASCII text")
         if "\n" in context or not 110 <= len(context.split()) <= 200:
             problems.append(f"{where}: not one paragraph of 110-200 words")
-        if len(questions) < 10 and index >= ORIGINAL_PASSAGES:
+        if len(questions) < 10:
             problems.append(f"{where}: {len(questions)} questions, need at least 10")
         context_tokens = _norm_tokens(context)
         golds = [_norm_tokens(q["answer"]) for q in questions]
@@ -898,3 +899,50 @@ def test_embedded_rules_catch_each_kind_of_breach(
         assert any(message in p for p in others), problems
     duplicated = embedded_problems([record, record], first_index=ORIGINAL_PASSAGES)
     assert any("duplicate title" in p for p in duplicated)
+
+
+@needs_embedded
+def test_embedded_corpus_keeps_the_original_passages_first() -> None:
+    """Committed results name the first 24 passages by index: their text and first six
+    questions must never change (a digest of the first release's content)."""
+    original = [
+        [r["title"], r["context"], [[q["question"], q["answer"]] for q in r["questions"][:6]]]
+        for r in EMBEDDED_RECORDS[:ORIGINAL_PASSAGES]
+    ]
+    blob = json.dumps(original, separators=(",", ":")).encode("utf-8")
+    assert hashlib.sha256(blob).hexdigest() == (
+        "e67fb97068c480e651c7141aaf54e5072d930979b8d275bdcfc4f1cf15341810"
+    )
+
+
+@needs_embedded
+def test_embedded_corpus_size_and_splits() -> None:
+    corpus = load_corpus("embedded")
+    assert len(corpus) == len(EMBEDDED_RECORDS) >= 96
+    assert all(len(p.questions) >= 10 for p in corpus)
+    assert list(corpus.splits) == ["tune", "heldout"]
+    tune, heldout = corpus.select("tune"), corpus.select("heldout")
+    # Disjoint and covering, the development passages (the originals) in tune, and both
+    # halves large enough to report on.
+    assert {p.id for p in tune}.isdisjoint(p.id for p in heldout)
+    assert len(tune) + len(heldout) == len(corpus)
+    assert [p.id for p in tune][:ORIGINAL_PASSAGES] == [f"embedded:{i}" for i in range(24)]
+    assert min(len(tune), len(heldout)) >= 48
+    assert [p.id for p in corpus.select("heldout[0:12]")] == [p.id for p in heldout][:12]
+    with pytest.raises(ValueError, match="valid split names: heldout, tune"):
+        corpus.select("test")
+
+
+@needs_embedded
+def test_embedded_answers_are_of_varied_types() -> None:
+    answers = [q["answer"] for r in EMBEDDED_RECORDS for q in r["questions"]]
+    questions = [q["question"] for r in EMBEDDED_RECORDS for q in r["questions"]]
+    numeric = sum(map(_is_numeric, answers)) / len(answers)
+    named = sum(bool(re.match(r"(?:(?:the|a|an) )?[A-Z]", a)) for a in answers) / len(answers)
+    reasons = sum(q.startswith("Why") for q in questions) / len(questions)
+    assert 0.2 <= numeric <= 0.6, numeric  # numbers with units, dates, years, counts
+    assert named >= 0.2, named  # people, places, named things
+    assert reasons >= 0.03, reasons  # short "why" spans
+    for index, record in enumerate(EMBEDDED_RECORDS):
+        kinds = [_is_numeric(q["answer"]) for q in record["questions"]]
+        assert 1 <= sum(kinds) <= len(kinds) - 3, f"passage {index}: {sum(kinds)} numeric"
