@@ -93,7 +93,7 @@ class MetaPromptAgent(BaseAgent):
 
     # -- what the model is shown ------------------------------------------------------
     def prompt(self, observation: dict[str, Any]) -> str:
-        """The env's meta-prompt (which carries the env's archive section when configured)."""
+        """The observation's prompt: the meta-prompt (plus an archive under ArchiveObservation)."""
         return observation["prompt"]
 
     # -- proposing --------------------------------------------------------------------

@@ -374,7 +374,7 @@ class HFBackend:
         max_new_tokens: int = 64,
         temperature: float = 0.0,
         top_p: float = 1.0,
-        seed: int | None = None,
+        seed: int | Sequence[int] | None = None,
         max_prompt_tokens: int = 2048,
         response_prefix: str = "",
         adapters: Sequence[int | None] | None = None,
@@ -388,8 +388,9 @@ class HFBackend:
         base model) while an update operator's adapters are active (issue 11).
 
         Sampling draws prompt i's tokens from its own generator seeded ``seed + i`` (as
-        vLLM seeds per request), so a completion does not depend on which other prompts
-        share its batch: K templates completed together sample what each would alone.
+        vLLM seeds per request), or ``seed[i]`` when ``seed`` is a list, so a completion
+        does not depend on which other prompts share its batch: K templates completed
+        together sample what each would alone.
         """
         from transformers import LogitsProcessorList
 
@@ -402,6 +403,7 @@ class HFBackend:
             if self._bank is None and any(a is not None for a in adapters):
                 raise RuntimeError("adapters= names adapters, but none is active: call"
                                    " generate inside an update operator's adapted_many block")
+        seeds = prompt_seeds(seed, len(prompts)) if temperature > 0 else []
         tok = self.tokenizer
         was_training = self.model.training
         self.model.eval()
@@ -421,9 +423,8 @@ class HFBackend:
                                       "do_sample": False, "temperature": None, "top_p": None,
                                       "top_k": None}
             if temperature > 0:
-                base = seed if seed is not None else int(torch.randint(0, 2**62, (1,)).item())
                 kwargs["logits_processor"] = LogitsProcessorList([RowSampler(
-                    [base + i for i in rows], temperature=temperature, top_p=top_p,
+                    [seeds[i] for i in rows], temperature=temperature, top_p=top_p,
                     top_k=getattr(self.model.generation_config, "top_k", None) or 50)])
             route = (self._bank.rows([adapters[i] for i in rows])
                      if adapters is not None and self._bank is not None
@@ -436,6 +437,22 @@ class HFBackend:
                 outputs[i] = text
         self.model.train(was_training)
         return [(response_prefix + o).strip() for o in outputs]
+
+
+def prompt_seeds(seed: int | Sequence[int] | None, count: int) -> list[int]:
+    """One sampling seed per prompt: ``seed + i``, the given list, or random ones.
+
+    >>> prompt_seeds(5, 3), prompt_seeds([9, 2], 2)
+    ([5, 6, 7], [9, 2])
+    """
+    if seed is None:
+        seed = int(torch.randint(0, 2**62, (1,)).item())
+    if isinstance(seed, int):
+        return [seed + i for i in range(count)]
+    seeds = [int(s) for s in seed]
+    if len(seeds) != count:
+        raise ValueError(f"seed has {len(seeds)} entries for {count} prompts")
+    return seeds
 
 
 class RowSampler:

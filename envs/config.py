@@ -92,15 +92,16 @@ class EnvConfig:
     max_train_tokens: int = _f(200_000, "budget of training tokens (sequences x epochs) per "
                                "update; further epochs are skipped and reported")
     max_train_seconds: float = _f(600.0, "wall-clock budget per update")
-    max_step_seconds: float = _f(1800.0, "wall-clock budget per step, across its passages and "
-                                 "completions: pairs not started when it is spent are "
-                                 "skipped and reported in info['budget']; the reward is "
-                                 "the mean over the pairs evaluated")
-    micro_batch_size: int = _f(4, "sequences per forward pass in LoRA training")
+    max_step_seconds: float = _f(1800.0, "wall-clock budget per step (per template in a "
+                                 "vector step), counted from the moment step receives "
+                                 "the action: training stops when it is spent, a template "
+                                 "whose training cannot start is invalid; answering and "
+                                 "grading after it are short and bounded (README)")
+    micro_batch_size: int = _f(4, "sequences per micro-batch of one adapter in LoRA "
+                               "training (a vector step packs every adapter's micro-batch "
+                               "into one forward pass)")
     target_modules: list[str] = _f(None, "modules that get LoRA weights; null = all attention "
                                    "and MLP projections")
-    archive_show: int = _f(0, "show this many best and worst evaluated templates in the "
-                           "observation (0 = no archive section)")
     baseline_cache: str | None = _f("auto", "directory caching each passage's no-adapter "
                                     "accuracy; 'auto' = $SELFEDIT_CACHE or "
                                     "~/.cache/selfedit, null = memory only")
@@ -160,11 +161,18 @@ class EnvConfig:
             value = getattr(self, name)
             if not value > 0:  # also rejects NaN
                 raise ConfigError(f"{name} must be a number of seconds > 0, got {value!r}")
-        if self.archive_show < 0 or self.verify_base_every < 0:
-            raise ConfigError("archive_show and verify_base_every must be >= 0")
+        if self.verify_base_every < 0:
+            raise ConfigError("verify_base_every must be >= 0")
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], *, where: str = "env") -> EnvConfig:
+        if isinstance(raw, dict) and "archive_show" in raw:
+            raise ConfigError(
+                f"{where}.archive_show was removed: one env serves every agent of a run, so an"
+                " archive kept in the env showed one agent's templates to another (issue 14)."
+                " Use the 'archive' agent (its 'show' key), or wrap a standalone env:"
+                " selfedit.envs.wrappers.ArchiveObservation(env, show=N)"
+            )
         check_keys(cls, raw, where=where)
         return cls(**raw)
 

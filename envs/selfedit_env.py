@@ -1,14 +1,19 @@
-"""``selfedit/SQuAD-v0``: a self-edit template in, the adapted model's accuracy out."""
+"""``selfedit/SQuAD-v0``: a self-edit template in, the adapted model's accuracy out.
+
+One machinery serves the single env and the vector env (:mod:`selfedit.envs.vector`): a
+step evaluates a batch of *slots* (one action each, on its own passages) in one pass --
+every completion in one batched ``generate``, every adapter trained together through the
+update operator's ``adapted_many``, every adapted model answering in one batched
+``generate`` with per-row adapters (issue 11). ``SelfEditEnv.step`` is the batch of one.
+"""
 
 from __future__ import annotations
 
-import json
 import os
 import time
 import traceback
-from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import gymnasium as gym
@@ -16,14 +21,16 @@ import numpy as np
 from gymnasium import spaces
 
 from selfedit.envs import grading, prompts
-from selfedit.envs.backend import cache_root, make_backend, weights_checksum
+from selfedit.envs.backend import make_backend, weights_checksum
+from selfedit.envs.baseline_cache import BaselineCache, BaselineEntry
 from selfedit.envs.config import ConfigError, EnvConfig
 from selfedit.envs.corpus import Corpus, Passage, load_corpus
 from selfedit.envs.parsing import parse_self_edit, parse_sequences
 from selfedit.envs.templates import Hyperparameters, Template, TemplateError, parse_template
-from selfedit.envs.update import LoRAUpdate, UpdateOperator, UpdateStats
+from selfedit.envs.update import AdapterRequest, LoRAUpdate, UpdateOperator, UpdateStats
 
-__all__ = ["CHARSET", "PassageResult", "SelfEditEnv", "load_env_corpus", "select_passages"]
+__all__ = ["CHARSET", "PassageResult", "Seconds", "SelfEditEnv", "SlotRequest", "cfg_prompt",
+           "load_env_corpus", "normalized_gain", "select_passages"]
 
 # Text spaces check every character against a charset: declare all printable characters of
 # the Basic Multilingual Plane (SQuAD has accents, dashes, CJK) plus newline and tab.
@@ -34,36 +41,33 @@ _CHARSET_SET = frozenset(CHARSET)
 MAX_TEXT = 32_768
 
 
-class Timings(Mapping[str, float]):
-    """Wall-clock seconds per phase of a step.
+class Seconds(float):
+    """A measured duration: a plain float in JSON and arithmetic, equal to any other.
 
     Time is a measurement of the machine, not part of the env's transition: two steps are
-    equivalent when they timed the same phases, whatever the clock said. Comparing by keys
-    keeps ``info`` deterministic for a seed (gymnasium's ``check_env`` compares infos).
+    equivalent when they timed the same phases, whatever the clock said. Gymnasium's
+    ``check_env`` compares infos for determinism, so durations compare equal to each other
+    (and like floats to anything else); ``json.dumps`` writes them as numbers.
+
+    >>> Seconds(1.5) == Seconds(2.0), Seconds(1.5) == 1.5, Seconds(1.5) + 1
+    (True, True, 2.5)
     """
 
-    def __init__(self, values: Mapping[str, float] | None = None, **kw: float) -> None:
-        self._values = {**(values or {}), **kw}
-
-    def __getitem__(self, key: str) -> float:
-        return self._values[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._values)
-
-    def __len__(self) -> int:
-        return len(self._values)
-
-    def __setitem__(self, key: str, value: float) -> None:
-        self._values[key] = value
-
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Timings) and self._values.keys() == other._values.keys()
+        return True if isinstance(other, Seconds) else float(self) == other
 
-    __hash__ = None  # type: ignore[assignment]
+    def __ne__(self, other: object) -> bool:
+        return not self.__eq__(other)
+
+    def __hash__(self) -> int:
+        return 0  # equal objects must hash alike: every Seconds equals every other
 
     def __repr__(self) -> str:
-        return "Timings(" + ", ".join(f"{k}={v:.3f}" for k, v in self._values.items()) + ")"
+        return f"{float(self):.3f}"
+
+
+def _timings(**values: float) -> dict[str, float]:
+    return {k: Seconds(v) for k, v in values.items()}
 
 
 def _in_charset(text: str) -> str:
@@ -88,7 +92,7 @@ class PassageResult:
     accuracy: float
     base_accuracy: float
     update: dict[str, Any]
-    timings: Timings = field(default_factory=Timings)
+    timings: dict[str, float] = field(default_factory=dict)
     completion_tokens: int = 0
     error: str | None = None
 
@@ -99,6 +103,12 @@ class PassageResult:
     @property
     def normalized_gain(self) -> float:
         return normalized_gain(self.accuracy, self.base_accuracy)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["gain"] = self.gain
+        out["normalized_gain"] = self.normalized_gain
+        return out
 
 
 def normalized_gain(accuracy: float, base: float) -> float:
@@ -112,6 +122,50 @@ def normalized_gain(accuracy: float, base: float) -> float:
     return 0.0 if base >= 1.0 else round((accuracy - base) / (1.0 - base), 10)
 
 
+@dataclass(frozen=True)
+class SlotRequest:
+    """One action to evaluate: on which passages, with which seed, received when."""
+
+    action: Any
+    passage_idx: tuple[int, ...]  # indices into the env's corpus
+    seed: int  # the step seed: completion and adapter seeds derive from it
+    start: float  # time.perf_counter() when the step received the action (its budget's 0)
+
+
+@dataclass
+class _Pair:
+    """One (passage, completion) evaluation of a slot."""
+
+    passage: Passage
+    index: int  # j-th evaluation of the slot
+    seed: int
+    completion: str = ""
+    sequences: list[Any] = field(default_factory=list)
+    adapter: int | None = None  # index in the joint adapter batch; None: no training
+    skipped: bool = False  # the step budget was spent before this pair could start
+    stats: UpdateStats = field(default_factory=UpdateStats)
+    answers: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class _Slot:
+    """One action's evaluation while a (batched) step runs."""
+
+    request: SlotRequest
+    info: dict[str, Any]
+    budget: list[str]
+    template: Template | None = None
+    fixed: list[str] | None = None  # self-edit mode: the sequences given by the action
+    pairs: list[_Pair] = field(default_factory=list)
+    error: str | None = None
+    phases: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def live(self) -> bool:
+        return self.error is None
+
+
 class SelfEditEnv(gym.Env):
     """Teach a language model a passage with a self-edit; reward its accuracy on questions.
 
@@ -123,32 +177,36 @@ class SelfEditEnv(gym.Env):
     completes the instruction on the passage into training sequences, a fresh LoRA adapter
     is trained on them with next-token prediction, and the adapted model answers the
     passage's questions *without seeing the passage*. The adapter is then discarded; the
-    base weights are bit-identical to before the step.
+    base weights are bit-identical to before the step. ``gymnasium.make_vec(...,
+    num_envs=K)`` gives :class:`~selfedit.envs.vector.SelfEditVectorEnv`, which evaluates K
+    templates per step in one pass over one model.
 
     ## Action Space
     ``Text`` (declared charset: printable BMP characters, newline, tab): a JSON template
     ``{"data_creation_instruction": str, "hyperparameters": {lora_rank, lora_alpha,
     lora_dropout, learning_rate, num_epochs, gradient_accumulation_steps},
     "include_passage": bool}``. Code fences, ``<think>`` blocks and prose around the JSON are
-    tolerated; a :class:`~selfedit.envs.templates.Template` or a dict is accepted too. With
-    ``action_mode="self_edit"`` the action is the self-edit itself: a JSON list of training
-    sequences or ``{"sequences": [...], "hyperparameters": {...}}``.
+    tolerated; a :class:`~selfedit.envs.templates.Template` or a dict is accepted too (and
+    validated the same way). The declared space samples texts of up to 32,768 characters;
+    ``step`` reads actions of up to ``MAX_ACTION_CHARS`` (1,000,000) and refuses longer ones
+    in ``info["error"]`` without scanning them. With ``action_mode="self_edit"`` the action
+    is the self-edit itself: a JSON list of training sequences or ``{"sequences": [...],
+    "hyperparameters": {...}}``.
 
     ## Observation Space
     ``Dict(prompt=Text, passage_ids=Box(int64))``: ``prompt`` is what a template-writing
-    policy is shown (the meta-prompt, plus the best and worst templates so far when
-    ``archive_show > 0``); in self-edit mode it shows the passage. ``passage_ids`` are the
-    indices of the step's passages in the env's corpus.
+    policy is shown (the meta-prompt; :class:`~selfedit.envs.wrappers.ArchiveObservation`
+    adds the best and worst templates so far); in self-edit mode it shows the passage.
+    ``passage_ids`` are the indices of the step's passages in the env's corpus.
 
     ## Rewards
-    Mean accuracy over the step's (passage, completion) evaluations under ``reward_grader``
-    (default ``contains``: a gold answer inside the first sentence of a short answer). An
-    action that cannot be evaluated gets ``invalid_reward`` (default -0.1) and
-    ``info["error"]``. When ``max_step_seconds`` is spent, the pairs not yet started are
-    skipped and the reward is the mean over those evaluated; ``info["budget"]`` lists every
-    budget or cap that cut the step short. ``info`` also carries base accuracy, gain,
-    normalized gain, every cheap grader's metric, answers, verdicts, training sequences,
-    token counts and timings.
+    Mean accuracy over the step's (passage, completion) evaluations under ``reward_grader``.
+    An action that cannot be evaluated gets ``invalid_reward`` (default -0.1) and
+    ``info["error"]``. ``max_step_seconds`` counts from the moment ``step`` receives the
+    action: training stops when it is spent (``info["budget"]`` lists every budget or cap
+    that cut the step short). ``info`` also carries base accuracy, gain, normalized gain,
+    every cheap grader's metric, answers, verdicts, training sequences, token counts and
+    timings; it is plain JSON-serialisable data.
 
     ## Starting State
     ``reset`` draws ``passages_per_step`` distinct passages with ``self.np_random``, or takes
@@ -163,7 +221,8 @@ class SelfEditEnv(gym.Env):
     update operator and the reward grader.
 
     ## Version History
-    * v0: initial version.
+    * v0: initial version; the observation no longer carries an archive (issue 14: one env
+      shared by several agents showed one agent's templates to another).
     """
 
     metadata: dict[str, Any] = {"render_modes": []}
@@ -179,7 +238,7 @@ class SelfEditEnv(gym.Env):
         **overrides: Any,
     ) -> None:
         super().__init__()
-        base = asdict(config) if config is not None else {}
+        base = {f.name: getattr(config, f.name) for f in fields(config)} if config else {}
         if corpus is not None and not isinstance(corpus, Corpus):
             overrides["corpus"] = corpus
         base.update(overrides)
@@ -191,6 +250,8 @@ class SelfEditEnv(gym.Env):
                 f"passages_per_step={cfg.passages_per_step} but the corpus selection has only"
                 f" {len(self.corpus)} passages"
             )
+        # The cache directory is checked before the model loads: a bad one fails in seconds.
+        self.baselines = BaselineCache.from_setting(cfg.baseline_cache)
         self.backend = backend or make_backend(cfg)  # cfg.engine: transformers or vLLM
         kwargs: dict[str, Any] = {
             "micro_batch_size": cfg.micro_batch_size,
@@ -203,9 +264,6 @@ class SelfEditEnv(gym.Env):
         self.update = update or LoRAUpdate(**kwargs)
         self.grader_name = cfg.reward_grader
         self.grader = grader or self._make_grader()
-        self._baselines: dict[str, dict[str, Any]] = {}
-        self._baseline_dir = self._resolve_cache_dir()
-        self._archive: list[tuple[dict[str, Any], float]] = []
         self._passage_idx: list[int] | None = None
         self._steps = 0
         self._base_checksum = weights_checksum(self.backend.model) if cfg.verify_base_every else ""
@@ -239,19 +297,17 @@ class SelfEditEnv(gym.Env):
             base_url=cfg.judge, model=cfg.judge_model, api_key_env=cfg.judge_api_key_env
         )
 
-    def _resolve_cache_dir(self) -> Path | None:
-        where = self.config.baseline_cache
-        if where is None:
-            return None
-        path = cache_root() / "baselines" if where == "auto" else Path(where)
-        path.mkdir(parents=True, exist_ok=True)
-        return path
-
     # -- gymnasium API ----------------------------------------------------------------
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         super().reset(seed=seed)
+        self._passage_idx = self.draw_passages(self.np_random, options)
+        return self.observation(self._passage_idx), self.passage_info(self._passage_idx)
+
+    def draw_passages(self, rng: np.random.Generator,
+                      options: Mapping[str, Any] | None = None) -> list[int]:
+        """The passages of an episode: ``options["passage_ids"]``, or drawn with ``rng``."""
         options = options or {}
         k = self.config.passages_per_step
         if "passage_ids" in options:
@@ -261,67 +317,84 @@ class SelfEditEnv(gym.Env):
                     f"options['passage_ids'] must be {k} indices in [0, {len(self.corpus)})"
                     f", got {idx}"
                 )
-        else:
-            idx = sorted(int(i) for i in self.np_random.choice(len(self.corpus), k, replace=False))
-        if options.get("clear_archive"):
-            self._archive.clear()
-        self._passage_idx = idx
-        passages = [self.corpus[i] for i in idx]
-        return self._observation(), {
-            "passage_ids": [p.id for p in passages],
-            "titles": [p.title for p in passages],
-        }
+            return idx
+        return sorted(int(i) for i in rng.choice(len(self.corpus), k, replace=False))
 
-    def _observation(self) -> dict[str, Any]:
-        assert self._passage_idx is not None
+    def passage_info(self, idx: Sequence[int]) -> dict[str, Any]:
+        passages = [self.corpus[i] for i in idx]
+        return {"passage_ids": [p.id for p in passages], "titles": [p.title for p in passages]}
+
+    def observation(self, idx: Sequence[int]) -> dict[str, Any]:
+        """What a policy sees for an episode on the passages ``idx``."""
         if self.config.action_mode == "self_edit":
-            passage = self.corpus[self._passage_idx[0]]
+            passage = self.corpus[idx[0]]
             text = prompts.self_edit_prompt(passage.title, passage.context)
         else:
-            text = prompts.meta_prompt(self._archive_text())
-        return {
-            "prompt": _in_charset(text),
-            "passage_ids": np.asarray(self._passage_idx, dtype=np.int64),
-        }
-
-    def _archive_text(self) -> str:
-        n = self.config.archive_show
-        if not n or not self._archive:
-            return ""
-        ranked = sorted(self._archive, key=lambda item: item[1], reverse=True)
-        best = ranked[:n]
-        worst = [x for x in ranked[::-1][:n] if x not in best]
-        return prompts.archive_section(
-            [(t, {"accuracy": a}) for t, a in best], [(t, {"accuracy": a}) for t, a in worst]
-        )
+            text = prompts.meta_prompt()
+        return {"prompt": _in_charset(text), "passage_ids": np.asarray(idx, dtype=np.int64)}
 
     def step(self, action: Any) -> tuple[dict[str, Any], float, bool, bool, dict[str, Any]]:
+        start = time.perf_counter()  # the step budget counts from here (issue 13)
         if self._passage_idx is None:
             raise gym.error.ResetNeeded("call reset() before step()")
-        start = time.perf_counter()
-        step_seed = int(self.np_random.integers(2**31 - 1))
-        budget: list[str] = []  # budgets and caps that cut the step short, in words
-        info: dict[str, Any] = {
-            "passage_ids": [self.corpus[i].id for i in self._passage_idx],
-            "budget": budget,
-        }
+        seed = int(self.np_random.integers(2**31 - 1))
+        request = SlotRequest(action, tuple(self._passage_idx), seed, start)
         try:
-            template, sequences, report = self._parse_action(action, budget)
-            info["template"] = template.to_dict() if template else None
-            info["validation"] = report
-            results = self._evaluate(template, sequences, step_seed, start, budget)
-        except TemplateError as err:
-            return self._invalid(str(err), info, start)
-        except Exception as err:  # noqa: BLE001 - any action must end in a defined outcome
-            detail = traceback.format_exception_only(type(err), err)[-1].strip()
-            return self._invalid(f"evaluation failed: {detail}", info, start)
+            ((reward, info),) = self.evaluate([request])
         finally:
             self._after_step()
-        return self._finish(template, results, info, start)
+        return self.observation(self._passage_idx), reward, True, False, info
+
+    # -- the work of a step (K slots in one pass) ---------------------------------------
+    def evaluate(self, requests: Sequence[SlotRequest]) -> list[tuple[float, dict[str, Any]]]:
+        """Evaluate several actions in one pass over the model; ``(reward, info)`` each.
+
+        What ``step`` does, for K actions at once: one batched completion call, one joint
+        training of every adapter (when the update operator has ``adapted_many``), one
+        batched answer call. An action's failure is its own: its slot gets ``info["error"]``
+        and ``invalid_reward``, the others are evaluated as if it were absent.
+        """
+        slots = [self._open(r) for r in requests]
+        try:
+            self._complete(slots)
+            self._build_pairs(slots)
+            self._train_answer_grade(slots)
+        except Exception as err:  # noqa: BLE001 - any action must end in a defined outcome
+            detail = traceback.format_exception_only(type(err), err)[-1].strip()
+            for slot in slots:
+                if slot.live:
+                    slot.error = f"evaluation failed: {detail}"
+        return [self._close(slot) for slot in slots]
+
+    def _open(self, request: SlotRequest) -> _Slot:
+        budget: list[str] = []  # budgets and caps that cut the step short, in words
+        info: dict[str, Any] = {
+            "passage_ids": [self.corpus[i].id for i in request.passage_idx],
+            "budget": budget,
+        }
+        slot = _Slot(request, info, budget)
+        try:
+            slot.template, slot.fixed, report = self._parse_action(request.action, budget)
+            info["template"] = slot.template.to_dict()
+            info["validation"] = report
+            budget.extend(f"action: {note}" for note in report.get("truncated", []))
+        except TemplateError as err:
+            slot.error = str(err)
+            return slot
+        except Exception as err:  # noqa: BLE001 - a hostile action must not escape step
+            detail = traceback.format_exception_only(type(err), err)[-1].strip()
+            slot.error = f"the action could not be read: {detail}"
+            return slot
+        cfg = self.config
+        n = cfg.completions_per_passage if slot.fixed is None else 1
+        passages = [self.corpus[i] for i in request.passage_idx]
+        slot.pairs = [_Pair(p, j, request.seed + 7919 * j)
+                      for j, p in enumerate(p for p in passages for _ in range(n))]
+        return slot
 
     def _parse_action(
         self, action: Any, budget: list[str]
-    ) -> tuple[Template | None, list[str] | None, dict[str, Any]]:
+    ) -> tuple[Template, list[str] | None, dict[str, Any]]:
         cfg = self.config
         policy = cfg.hyperparameter_policy
         if cfg.action_mode == "template":
@@ -346,140 +419,183 @@ class SelfEditEnv(gym.Env):
             sequences = [s[:max_chars] for s in sequences]
         return template, sequences, report
 
-    # -- the work of a step -----------------------------------------------------------
-    def _evaluate(
-        self,
-        template: Template | None,
-        fixed: list[str] | None,
-        step_seed: int,
-        start: float,
-        budget: list[str],
-    ) -> list[PassageResult]:
-        assert template is not None and self._passage_idx is not None
+    def _deadline(self, slot: _Slot) -> float:
+        return slot.request.start + self.config.max_step_seconds
+
+    def _complete(self, slots: list[_Slot]) -> None:
+        """Every slot's completions of its instruction, in one batched generate call."""
         cfg = self.config
-        deadline = start + cfg.max_step_seconds
-        passages = [self.corpus[i] for i in self._passage_idx]
-        n = cfg.completions_per_passage if fixed is None else 1
-        # All completions of the step in one batched generate call.
-        completions: list[str] = [""] * (len(passages) * n)
-        complete_s = 0.0
-        if fixed is None and template.trains and template.data_creation_instruction.strip():
-            t0 = time.perf_counter()
-            texts = [
-                cfg_prompt(template.data_creation_instruction, p)
-                for p in passages
-                for _ in range(n)
-            ]
-            completions = self.backend.generate(
-                texts,
-                max_new_tokens=cfg.completion_max_tokens,
-                temperature=cfg.completion_temperature,
-                seed=step_seed,
-            )
-            complete_s = (time.perf_counter() - t0) / len(texts)
-        results: list[PassageResult] = []
-        for j, completion in enumerate(completions):
-            remaining = deadline - time.perf_counter()
-            if remaining <= 0:
-                # One template must not stall a run: pairs not started are skipped, and the
-                # reward is the mean over those evaluated (issue 7).
-                budget.append(
-                    f"step time budget: max_step_seconds={cfg.max_step_seconds:g} spent after"
-                    f" {len(results)} of {len(completions)} (passage, completion) evaluations;"
-                    " the rest were skipped"
-                )
-                break
-            passage = passages[j // n]
-            if fixed is not None:
-                sequences = list(fixed)
-            else:
-                sequences = parse_sequences(completion, max_sequences=cfg.max_sequences)
-                if template.include_passage:
-                    sequences = [f"{passage.title}\n{passage.context}", *sequences]
-            if template.trains and not sequences:
-                raise TemplateError(
-                    "the completion gave no training sequence (each item needs 3+ words);"
-                    " ask for one fact per line or set include_passage"
-                )
-            result = self._evaluate_passage(
-                passage, template.hyperparameters, sequences, step_seed + 7919 * j, remaining
-            )
-            budget.extend(f"{passage.id}: {note}" for note in result.update["notes"])
-            result.completion = completion
-            result.completion_tokens = self.backend.count_tokens(completion) if completion else 0
-            result.timings["complete_s"] = complete_s
-            results.append(result)
-        if not results:
-            raise TemplateError(
-                f"step time budget max_step_seconds={cfg.max_step_seconds:g} was spent before"
-                " any (passage, completion) pair could be evaluated; raise max_step_seconds or"
-                " lower completion_max_tokens"
-            )
-        return results
-
-    def _evaluate_passage(
-        self,
-        passage: Passage,
-        hp: Hyperparameters,
-        sequences: list[str],
-        seed: int,
-        max_seconds: float | None = None,
-    ) -> PassageResult:
-        base = self._baseline(passage)
-        questions = [q.question for q in passage.questions]
-        golds = [list(q.answers) for q in passage.questions]
+        todo = [(slot, pair) for slot in slots if slot.live and slot.fixed is None
+                and slot.template is not None and slot.template.trains
+                and slot.template.data_creation_instruction.strip()
+                for pair in slot.pairs]
+        if not todo:
+            return
         t0 = time.perf_counter()
-        stats: UpdateStats
-        with self.update.adapted(
-            self.backend, sequences, hp, seed=seed, max_seconds=max_seconds
-        ) as stats:
-            train_s = time.perf_counter() - t0
-            if stats.error:
-                raise TemplateError(f"LoRA update failed: {stats.error}")
-            t1 = time.perf_counter()
-            answers = self._answer(questions) if hp.num_epochs else list(base["answers"])
-            answer_s = time.perf_counter() - t1
-        # Grade after the adapter is gone: a local judge must be the base model.
-        t2 = time.perf_counter()
-        verdicts = self._grade(answers, passage)
-        grade_s = time.perf_counter() - t2
-        metrics = {k: float(np.mean(v)) for k, v in verdicts.items()}
-        return PassageResult(
-            passage_id=passage.id,
-            title=passage.title,
-            completion="",
-            sequences=sequences,
-            questions=questions,
-            golds=golds,
-            answers=answers,
-            base_answers=list(base["answers"]),
-            metrics=metrics,
-            base_metrics=dict(base["metrics"]),
-            verdicts=verdicts,
-            accuracy=metrics[self.grader_name],
-            base_accuracy=base["metrics"][self.grader_name],
-            update=stats.to_dict(),
-            # train_loop_s: the optimizer loop alone (train_s adds adapter set-up/teardown)
-            timings=Timings(train_s=train_s, train_loop_s=stats.seconds, answer_s=answer_s,
-                            grade_s=grade_s),
+        texts = [cfg_prompt(slot.template.data_creation_instruction, pair.passage)  # type: ignore[union-attr]
+                 for slot, pair in todo]
+        completions = self.backend.generate(
+            texts,
+            max_new_tokens=cfg.completion_max_tokens,
+            temperature=cfg.completion_temperature,
+            seed=[pair.seed for _, pair in todo],
         )
+        share = (time.perf_counter() - t0) / len(todo)  # amortised over the batch
+        for (slot, pair), completion in zip(todo, completions, strict=True):
+            pair.completion = completion
+            pair.timings["complete_s"] = Seconds(share)
+            slot.phases["complete_s"] = slot.phases.get("complete_s", 0.0) + share
 
-    def evaluate_sequences(
-        self, passage: Passage, hyperparameters: Hyperparameters, sequences: list[str], *,
-        seed: int,
-    ) -> PassageResult:
-        """The inner loop alone: train on ``sequences``, answer ``passage``'s questions, grade.
+    def _build_pairs(self, slots: list[_Slot]) -> None:
+        """Training sequences of every pair; a slot whose budget is spent is cut here."""
+        cfg = self.config
+        now = time.perf_counter()
+        for slot in slots:
+            if not slot.live:
+                continue
+            template = slot.template
+            assert template is not None
+            if template.trains and now >= self._deadline(slot):
+                slot.error = (
+                    f"step time budget max_step_seconds={cfg.max_step_seconds:g} was spent"
+                    " before any (passage, completion) pair could be trained; raise"
+                    " max_step_seconds or lower completion_max_tokens"
+                )
+                continue
+            for pair in slot.pairs:
+                if slot.fixed is not None:
+                    pair.sequences = list(slot.fixed)
+                else:
+                    pair.sequences = parse_sequences(pair.completion,
+                                                     max_sequences=cfg.max_sequences)
+                    if template.include_passage:
+                        passage = pair.passage
+                        pair.sequences = [f"{passage.title}\n{passage.context}", *pair.sequences]
+                if template.trains and not pair.sequences:
+                    slot.error = (
+                        "the completion gave no training sequence (each item needs 3+ words);"
+                        " ask for one fact per line or set include_passage"
+                    )
+                    break
 
-        What a step does per (passage, completion) once the training data exists, with the
-        baseline from the env's cache; ``selfedit bench inner-loop`` times this.
+    def _train_answer_grade(self, slots: list[_Slot]) -> None:
+        """Train every live pair's adapter, answer with all of them, grade, fill results."""
+        live = [slot for slot in slots if slot.live]
+        if not live:
+            return
+        # Baselines: cached per passage, else answered by the base model in the same batch.
+        passages = {pair.passage.id: pair.passage for slot in live for pair in slot.pairs}
+        baselines: dict[str, BaselineEntry | None] = {
+            pid: self._cached_baseline(p) for pid, p in passages.items()}
+        training = [(slot, pair) for slot in live if slot.template and slot.template.trains
+                    for pair in slot.pairs]
+        for k, (_, pair) in enumerate(training):
+            pair.adapter = k
+        t0 = time.perf_counter()
+        if hasattr(self.update, "adapted_many"):
+            self._train_and_answer_together(training, baselines, passages)
+        else:
+            self._train_and_answer_in_turn(training, baselines, passages)
+        for slot in live:
+            slot.phases["train_answer_s"] = time.perf_counter() - t0
+        for slot, pair in training:
+            if pair.stats.error and slot.live:
+                slot.error = f"LoRA update failed: {pair.stats.error}"
+            slot.budget.extend(f"{pair.passage.id}: {note}" for note in pair.stats.notes)
+
+    def _questions(self, passage: Passage) -> list[str]:
+        return [prompts.ANSWER_PROMPT.format(question=q.question) for q in passage.questions]
+
+    def _train_and_answer_together(self, training: list[tuple[_Slot, _Pair]],
+                                   baselines: dict[str, BaselineEntry | None],
+                                   passages: dict[str, Passage]) -> None:
+        requests = [AdapterRequest(pair.sequences, slot.template.hyperparameters,  # type: ignore[union-attr]
+                                   pair.seed, self._deadline(slot))
+                    for slot, pair in training]
+        t0 = time.perf_counter()
+        with self.update.adapted_many(self.backend, requests) as stats:  # type: ignore[attr-defined]
+            t1 = time.perf_counter()
+            texts: list[str] = []
+            route: list[int | None] = []
+            spans: list[tuple[Any, int, int]] = []
+            for pid, entry in baselines.items():
+                if entry is None:  # the base answers, in the same batch (adapter None)
+                    qs = self._questions(passages[pid])
+                    spans.append((pid, len(texts), len(texts) + len(qs)))
+                    texts += qs
+                    route += [None] * len(qs)
+            for _, pair in training:
+                qs = self._questions(pair.passage)
+                spans.append((pair, len(texts), len(texts) + len(qs)))
+                texts += qs
+                route += [pair.adapter] * len(qs)
+            answers = self.backend.generate(texts, max_new_tokens=self.config.answer_max_tokens,
+                                            adapters=route) if texts else []
+            t2 = time.perf_counter()
+        for pair_stats, (_, pair) in zip(stats, training, strict=True):
+            pair.stats = pair_stats
+        share = (t2 - t1) / max(len(training), 1)
+        for owner, a, b in spans:
+            if isinstance(owner, str):
+                self._store_baseline(passages[owner], answers[a:b], baselines)
+            else:
+                owner.answers = answers[a:b]
+                owner.timings.update(train_s=Seconds(owner.stats.seconds),
+                                     train_loop_s=Seconds(owner.stats.seconds),
+                                     answer_s=Seconds(share),
+                                     setup_s=Seconds((t1 - t0) - owner.stats.seconds))
+        self._fill_baselines(baselines, passages)
+
+    def _train_and_answer_in_turn(self, training: list[tuple[_Slot, _Pair]],
+                                  baselines: dict[str, BaselineEntry | None],
+                                  passages: dict[str, Passage]) -> None:
+        """Operators without ``adapted_many``: one ``adapted`` block per pair.
+
+        Pairs not started when their slot's budget is spent are skipped (and reported); the
+        slot's reward is the mean over the pairs evaluated.
         """
-        return self._evaluate_passage(passage, hyperparameters, sequences, seed)
+        self._fill_baselines(baselines, passages)
+        done: dict[int, int] = {}
+        for slot, pair in training:
+            remaining = self._deadline(slot) - time.perf_counter()
+            if remaining <= 0 and done.get(id(slot), 0) > 0:
+                pair.skipped = True
+                continue
+            done[id(slot)] = done.get(id(slot), 0) + 1
+            t0 = time.perf_counter()
+            with self.update.adapted(self.backend, pair.sequences,
+                                     slot.template.hyperparameters,  # type: ignore[union-attr]
+                                     seed=pair.seed, max_seconds=max(remaining, 0.0)) as st:
+                t1 = time.perf_counter()
+                pair.stats = st
+                if not st.error:
+                    pair.answers = self.answer([q.question for q in pair.passage.questions])
+                t2 = time.perf_counter()
+            pair.timings.update(train_s=Seconds(t1 - t0), train_loop_s=Seconds(st.seconds),
+                                answer_s=Seconds(t2 - t1))
 
-    def _answer(self, questions: list[str]) -> list[str]:
+    def _fill_baselines(self, baselines: dict[str, BaselineEntry | None],
+                        passages: dict[str, Passage]) -> None:
+        missing = [pid for pid, entry in baselines.items() if entry is None]
+        if not missing:
+            return
+        texts = [t for pid in missing for t in self._questions(passages[pid])]
+        answers = self.backend.generate(texts, max_new_tokens=self.config.answer_max_tokens)
+        at = 0
+        for pid in missing:
+            n = len(passages[pid].questions)
+            self._store_baseline(passages[pid], answers[at : at + n], baselines)
+            at += n
+
+    # -- public building blocks (benchmarks and trainers use them) ----------------------
+    def answer(self, questions: Sequence[str],
+               adapters: Sequence[int | None] | None = None) -> list[str]:
+        """The current model's closed-book answers (short, greedy) to ``questions``."""
         texts = [prompts.ANSWER_PROMPT.format(question=q) for q in questions]
-        return self.backend.generate(texts, max_new_tokens=self.config.answer_max_tokens)
+        return self.backend.generate(texts, max_new_tokens=self.config.answer_max_tokens,
+                                     adapters=adapters) if texts else []
 
-    def _grade(self, answers: list[str], passage: Passage) -> dict[str, list[float]]:
+    def grade(self, answers: list[str], passage: Passage) -> dict[str, list[float]]:
         """Every cheap grader's verdicts, plus the reward grader's when it is not one of them.
 
         Graders get what they may need about the passage as keyword arguments (the Grader
@@ -499,49 +615,131 @@ class SelfEditEnv(gym.Env):
             ]
         return verdicts
 
-    def _baseline(self, passage: Passage) -> dict[str, Any]:
-        """No-adapter answers and metrics, computed once per (model, passage, grader)."""
-        key = "-".join(
-            [
-                self.backend.fingerprint,
-                passage.fingerprint,
-                self.grader_name,
-                str(self.config.answer_max_tokens),
-                _short_hash(prompts.ANSWER_PROMPT),
-            ]
-        )
-        if key in self._baselines:
-            return self._baselines[key]
-        path = self._baseline_dir / f"{key}.json" if self._baseline_dir else None
-        if path is not None and path.is_file():
-            try:
-                cached = json.loads(path.read_text())
-                self._baselines[key] = cached
-                return cached
-            except (OSError, json.JSONDecodeError):
-                pass  # a corrupt cache entry is recomputed, never trusted
-        questions = [q.question for q in passage.questions]
-        answers = self._answer(questions)
-        verdicts = self._grade(answers, passage)
-        entry = {
-            "answers": answers,
-            "metrics": {k: float(np.mean(v)) for k, v in verdicts.items()},
-        }
-        self._baselines[key] = entry
-        if path is not None:
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(entry))
-            tmp.replace(path)  # atomic: readers never see half a file
+    def baseline(self, passage: Passage) -> BaselineEntry:
+        """The base model's answers and metrics on ``passage`` (cached per model/passage)."""
+        baselines = {passage.id: self._cached_baseline(passage)}
+        self._fill_baselines(baselines, {passage.id: passage})
+        entry = baselines[passage.id]
+        assert entry is not None
         return entry
 
+    def rebase(self, tag: str | None = None) -> str:
+        """Treat the model's current weights as the base (after a deliberate in-place change:
+        a policy update in self mode, a merged adapter); return the new fingerprint.
+
+        The baseline cache is keyed by the fingerprint, and ``verify_base_every`` compares
+        against a checksum: both must follow, or stale baselines are served.
+        """
+        fingerprint = self.backend.refresh(tag)
+        if self.config.verify_base_every:
+            self._base_checksum = self.base_checksum()
+        return fingerprint
+
+    def evaluate_sequences(
+        self, passage: Passage, hyperparameters: Hyperparameters, sequences: list[Any], *,
+        seed: int,
+    ) -> PassageResult:
+        """The inner loop alone: train on ``sequences``, answer ``passage``'s questions, grade.
+
+        What a step does per (passage, completion) once the training data exists, with the
+        baseline from the env's cache; ``selfedit bench inner-loop`` times this.
+        """
+        return self.evaluate_many([(passage, hyperparameters, sequences, seed)])[0]
+
+    def evaluate_many(
+        self, items: Sequence[tuple[Passage, Hyperparameters, list[Any], int]]
+    ) -> list[PassageResult]:
+        """The inner loop for K (passage, hyperparameters, sequences, seed) at once: the
+        adapters trained together, answering in one batch (the batched path of a step)."""
+        slots = []
+        start = time.perf_counter()
+        for passage, hp, sequences, seed in items:
+            template = Template("(sequences given)", hp, name="sequences")
+            slot = _Slot(SlotRequest(None, (), seed, start), {}, [], template=template,
+                         fixed=list(sequences))
+            slot.pairs = [_Pair(passage, 0, seed, sequences=list(sequences))]
+            slots.append(slot)
+        self._train_answer_grade(slots)
+        out = []
+        for slot in slots:
+            if not slot.live:
+                raise TemplateError(slot.error or "evaluation failed")
+            out.append(self._result(slot.pairs[0]))
+        return out
+
+    # -- baselines ----------------------------------------------------------------------
+    def _baseline_key(self, passage: Passage) -> str:
+        return "-".join([
+            self.backend.fingerprint,
+            passage.fingerprint,
+            self.grader_name,
+            str(self.config.answer_max_tokens),
+            _short_hash(prompts.ANSWER_PROMPT),
+        ])
+
+    def _graders(self) -> set[str]:
+        return {*grading.GRADERS, self.grader_name}
+
+    def _cached_baseline(self, passage: Passage) -> BaselineEntry | None:
+        return self.baselines.get(self._baseline_key(passage),
+                                  n_answers=len(passage.questions), graders=self._graders())
+
+    def _store_baseline(self, passage: Passage, answers: list[str],
+                        baselines: dict[str, BaselineEntry | None]) -> None:
+        verdicts = self.grade(answers, passage)
+        entry = BaselineEntry(tuple(answers),
+                              {k: float(np.mean(v)) for k, v in verdicts.items()})
+        baselines[passage.id] = self.baselines.put(self._baseline_key(passage), entry)
+
     # -- results ----------------------------------------------------------------------
-    def _finish(
-        self,
-        template: Template | None,
-        results: list[PassageResult],
-        info: dict[str, Any],
-        start: float,
-    ) -> tuple[dict[str, Any], float, bool, bool, dict[str, Any]]:
+    def _result(self, pair: _Pair) -> PassageResult:
+        passage = pair.passage
+        base = self._cached_baseline(passage)
+        assert base is not None, "baselines are filled before results are built"
+        trained = pair.adapter is not None or bool(pair.answers)
+        answers = pair.answers if trained else list(base.answers)
+        t0 = time.perf_counter()
+        verdicts = self.grade(answers, passage)
+        pair.timings["grade_s"] = Seconds(time.perf_counter() - t0)
+        for key in ("complete_s", "train_s", "train_loop_s", "answer_s"):
+            pair.timings.setdefault(key, Seconds(0.0))
+        metrics = {k: float(np.mean(v)) for k, v in verdicts.items()}
+        return PassageResult(
+            passage_id=passage.id,
+            title=passage.title,
+            completion=pair.completion,
+            sequences=[s if isinstance(s, str) else list(s) for s in pair.sequences],
+            questions=[q.question for q in passage.questions],
+            golds=[list(q.answers) for q in passage.questions],
+            answers=answers,
+            base_answers=list(base.answers),
+            metrics=metrics,
+            base_metrics=dict(base.metrics),
+            verdicts=verdicts,
+            accuracy=metrics[self.grader_name],
+            base_accuracy=base.metrics[self.grader_name],
+            update=pair.stats.to_dict(),
+            timings=dict(pair.timings),
+            completion_tokens=self.backend.count_tokens(pair.completion) if pair.completion
+            else 0,
+        )
+
+    def _close(self, slot: _Slot) -> tuple[float, dict[str, Any]]:
+        info = slot.info
+        start = slot.request.start
+        if not slot.live:
+            return self._invalid(slot.error or "evaluation failed", info, start)
+        skipped = sum(pair.skipped for pair in slot.pairs)
+        if skipped:
+            slot.budget.append(
+                f"step time budget: max_step_seconds={self.config.max_step_seconds:g} spent"
+                f" after {len(slot.pairs) - skipped} of {len(slot.pairs)} (passage, completion)"
+                " evaluations; the rest were skipped")
+        try:
+            results = [self._result(pair) for pair in slot.pairs if not pair.skipped]
+        except Exception as err:  # noqa: BLE001 - e.g. a grader that crashed
+            detail = traceback.format_exception_only(type(err), err)[-1].strip()
+            return self._invalid(f"evaluation failed: {detail}", info, start)
         accuracy = float(np.mean([r.accuracy for r in results]))
         base = float(np.mean([r.base_accuracy for r in results]))
         graders = results[0].metrics.keys()
@@ -557,40 +755,30 @@ class SelfEditEnv(gym.Env):
                 "completion": sum(r.completion_tokens for r in results),
                 "train": sum(r.update["train_tokens"] for r in results),
             },
-            timings=Timings(
+            # Adapters of one pass train together: the step's training time is the longest
+            # of its adapters', not their sum; completion and answer times are the step's
+            # shares of batched generate calls.
+            timings=_timings(
                 step_s=time.perf_counter() - start,
                 complete_s=sum(r.timings["complete_s"] for r in results),
-                train_s=sum(r.timings["train_s"] for r in results),
+                train_s=max(r.timings["train_s"] for r in results),
                 answer_s=sum(r.timings["answer_s"] for r in results),
             ),
-            results=[_result_dict(r) for r in results],
+            results=[r.to_dict() for r in results],
         )
-        if template is not None:
-            self.record(template.to_dict(), accuracy)
-        return self._observation(), accuracy, True, False, info
+        return accuracy, info
 
-    def record(self, template: dict[str, Any], accuracy: float) -> None:
-        """Add an evaluated template to the archive that observations show.
-
-        ``step`` records its own template; a step evaluated elsewhere (a Ray worker's env,
-        issue 6) is recorded here, so the observations of this env are those of the env
-        that would have run every step itself. Self-edit mode keeps no archive.
-        """
-        if self.config.action_mode == "template":
-            self._archive.append((template, float(accuracy)))
-
-    def _invalid(
-        self, message: str, info: dict[str, Any], start: float
-    ) -> tuple[dict[str, Any], float, bool, bool, dict[str, Any]]:
+    def _invalid(self, message: str, info: dict[str, Any],
+                 start: float) -> tuple[float, dict[str, Any]]:
         # Messages quote the action: keep them writable to a UTF-8 log (lone surrogates).
         message = message.encode("utf-8", "backslashreplace").decode("utf-8")
         # A judge endpoint may echo the API key in an error body; info is logged, the key never.
         key = os.environ.get(self.config.judge_api_key_env, "")
         if len(key) >= 4:
             message = message.replace(key, "[judge API key redacted]")
-        info.update(error=message, timings=Timings(step_s=time.perf_counter() - start))
+        info.update(error=message, timings=_timings(step_s=time.perf_counter() - start))
         info.setdefault("template", None)
-        return self._observation(), float(self.config.invalid_reward), True, False, info
+        return float(self.config.invalid_reward), info
 
     def _after_step(self) -> None:
         self._steps += 1
@@ -605,13 +793,6 @@ class SelfEditEnv(gym.Env):
     def base_checksum(self) -> str:
         """Checksum of the base weights (tests compare it before and after steps)."""
         return weights_checksum(self.backend.model)
-
-
-def _result_dict(result: PassageResult) -> dict[str, Any]:
-    out = {f.name: getattr(result, f.name) for f in fields(result)}
-    out["gain"] = result.gain
-    out["normalized_gain"] = result.normalized_gain
-    return out
 
 
 def load_env_corpus(source: str) -> Corpus:

@@ -38,7 +38,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from selfedit.envs.backend import EMBEDDED_MODEL, HFBackend, check_engine, resolve_model_path
+from selfedit.envs.backend import (
+    EMBEDDED_MODEL,
+    HFBackend,
+    check_engine,
+    prompt_seeds,
+    resolve_model_path,
+)
 from selfedit.envs.config import ConfigError
 from selfedit.envs.templates import HP_RANGES
 
@@ -134,7 +140,7 @@ def sampling_options(
     max_new_tokens: int,
     temperature: float,
     top_p: float,
-    seed: int | None,
+    seed: int | Sequence[int] | None,
 ) -> list[dict[str, Any]]:
     """``vllm.SamplingParams`` arguments, one per request, that decode as HFBackend does.
 
@@ -166,7 +172,9 @@ def sampling_options(
     elif int(top_k) == 0:
         top_k = -1  # off; every vLLM release reads -1 as off (newer ones also 0)
     common.update(temperature=temperature, top_p=top_p, top_k=int(top_k))
-    return [{**common, "seed": None if seed is None else seed + i} for i in range(count)]
+    if seed is None:
+        return [{**common, "seed": None} for _ in range(count)]
+    return [{**common, "seed": s} for s in prompt_seeds(seed, count)]
 
 
 class VLLMBackend(HFBackend):
@@ -301,7 +309,7 @@ class VLLMBackend(HFBackend):
         max_new_tokens: int = 64,
         temperature: float = 0.0,
         top_p: float = 1.0,
-        seed: int | None = None,
+        seed: int | Sequence[int] | None = None,
         max_prompt_tokens: int = 2048,
         response_prefix: str = "",
         adapters: Sequence[int | None] | None = None,

@@ -1,4 +1,9 @@
-"""Wrappers that make ``selfedit/SQuAD-v0`` usable by off-the-shelf RL libraries.
+"""Wrappers around ``selfedit/SQuAD-v0``: an archive in the observation, and the adapter that
+makes it usable by off-the-shelf RL libraries.
+
+:class:`ArchiveObservation` shows a template-writing policy the best and worst templates
+*its own* steps evaluated (the archive lives in the wrapper, one per agent, not in the env
+that several agents may share: issue 14).
 
 stable-baselines3 accepts neither ``Text`` actions nor ``Dict`` observations holding text, so
 :class:`DiscreteTemplateWrapper` turns the env into a contextual bandit over a discrete
@@ -15,9 +20,10 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from selfedit.envs import prompts
 from selfedit.envs.library import Arm, TemplateLibrary
 
-__all__ = ["DiscreteTemplateWrapper"]
+__all__ = ["ArchiveObservation", "DiscreteTemplateWrapper"]
 
 
 class DiscreteTemplateWrapper(gym.Wrapper):
@@ -115,3 +121,42 @@ class DiscreteTemplateWrapper(gym.Wrapper):
         out[: self._n_ids] = np.clip(ids, 0.0, 1.0)
         out[self._n_ids] = min(max(reward, 0.0), 1.0)
         return out
+
+
+class ArchiveObservation(gym.Wrapper):
+    """Adds the best and worst templates evaluated *through this wrapper* to the prompt.
+
+    The template-search paper's archive-conditioned writer (arXiv 2601.14532) sees past
+    templates with their scores. The archive is the wrapper's own: two agents sharing one
+    env, each through its own wrapper, never see each other's templates.
+
+    Args:
+        env: a ``selfedit/SQuAD-v0`` env in template mode.
+        show: how many best (and worst) templates the prompt lists.
+    """
+
+    def __init__(self, env: gym.Env, show: int = 3) -> None:
+        super().__init__(env)
+        if isinstance(show, bool) or not isinstance(show, int) or show < 1:
+            raise ValueError(f"show must be a whole number >= 1, got {show!r}")
+        self.show = show
+        self.archive: list[tuple[dict[str, Any], float]] = []
+
+    def _with_archive(self, observation: dict[str, Any]) -> dict[str, Any]:
+        ranked = sorted(self.archive, key=lambda item: item[1], reverse=True)
+        best = ranked[: self.show]
+        worst = [x for x in ranked[::-1][: self.show] if x not in best]
+        section = prompts.archive_section(
+            [(t, {"accuracy": a}) for t, a in best], [(t, {"accuracy": a}) for t, a in worst]
+        ) if ranked else ""
+        return {**observation, "prompt": prompts.meta_prompt(section)}
+
+    def reset(self, **kwargs: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+        observation, info = self.env.reset(**kwargs)
+        return self._with_archive(observation), info
+
+    def step(self, action: Any) -> tuple[dict[str, Any], float, bool, bool, dict[str, Any]]:
+        observation, reward, terminated, truncated, info = self.env.step(action)
+        if info.get("template") is not None and not info.get("error"):
+            self.archive.append((info["template"], float(info["accuracy"])))
+        return self._with_archive(observation), reward, terminated, truncated, info

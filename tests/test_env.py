@@ -151,12 +151,30 @@ def test_baseline_is_cached_on_disk(tiny_backend, tmp_path) -> None:
 
 
 def test_archive_section_lists_best_and_worst(tiny_backend) -> None:
-    env = SelfEditEnv(backend=tiny_backend, archive_show=1, **FAST)
-    env.reset(seed=0)
+    from selfedit.envs.wrappers import ArchiveObservation
+
+    env = ArchiveObservation(SelfEditEnv(backend=tiny_backend, **FAST), show=1)
+    obs, _ = env.reset(seed=0)
+    assert "Templates evaluated so far" not in obs["prompt"]
     env.step(HUMAN_BASELINES["no_training"])
     obs, _ = env.reset(seed=1)
     assert "Templates evaluated so far" in obs["prompt"]
     assert '"num_epochs": 0' in obs["prompt"]
+
+
+def test_archive_does_not_leak_between_agents_sharing_an_env(tiny_backend) -> None:
+    """Issue 14: one env shared by two agents; each sees only its own templates."""
+    from selfedit.envs.wrappers import ArchiveObservation
+
+    shared = SelfEditEnv(backend=tiny_backend, **FAST)
+    first, second = ArchiveObservation(shared, show=2), ArchiveObservation(shared, show=2)
+    first.reset(seed=0)
+    first.step(HUMAN_BASELINES["no_training"])
+    obs, _ = second.reset(seed=0)
+    assert "Templates evaluated so far" not in obs["prompt"]
+    assert "Templates evaluated so far" not in shared.reset(seed=0)[0]["prompt"]
+    with pytest.raises(ConfigError, match="archive_show was removed"):
+        SelfEditEnv(backend=tiny_backend, archive_show=1, **FAST)
 
 
 def test_config_errors_name_the_key(tiny_backend) -> None:
@@ -187,3 +205,14 @@ def test_clamp_policy_evaluates_and_reports(tiny_backend) -> None:
     assert info["error"] is None
     assert info["validation"]["clamped"]["num_epochs"] == (10**6, 50)
     assert info["template"]["hyperparameters"]["lora_rank"] == 256
+
+
+def test_info_is_plain_json(env) -> None:
+    """Issue 14: info goes straight into json.dumps (timings included), both outcomes."""
+    env.reset(seed=0, options={"passage_ids": [0]})
+    _, _, _, _, info = env.step(passage_template(num_epochs=1))
+    round_trip = json.loads(json.dumps(info))
+    assert round_trip["results"][0]["timings"]["train_s"] >= 0
+    assert round_trip["timings"]["step_s"] > 0
+    _, _, _, _, bad = env.step("not a template")
+    assert json.loads(json.dumps(bad))["error"]

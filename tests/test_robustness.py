@@ -259,11 +259,16 @@ def test_empty_actions(backend, action: str) -> None:
 
 
 def test_megabyte_instruction_is_rejected_quickly(backend) -> None:
-    action = json.dumps({**PASSAGE_ONLY, "data_creation_instruction": "facts " * 200_000})
-    assert len(action) > 1_000_000
+    action = json.dumps({**PASSAGE_ONLY, "data_creation_instruction": "facts " * 150_000})
+    assert len(action) > 800_000
     t0 = time.perf_counter()
     _, info = step(make_env(backend), action)
     assert f"keep it under {MAX_INSTRUCTION_CHARS}" in info["error"]
+    assert time.perf_counter() - t0 < 10
+    # Past MAX_ACTION_CHARS the action is refused before it is scanned (issue 13).
+    t0 = time.perf_counter()
+    _, info = step(make_env(backend), action * 2)
+    assert "MAX_ACTION_CHARS" in info["error"]
     assert time.perf_counter() - t0 < 10
 
 
@@ -326,14 +331,16 @@ def test_a_completion_that_yields_no_sequence(backend, monkeypatch) -> None:
 def test_a_hundred_thousand_sequences(backend, monkeypatch) -> None:
     # Self-edit mode: the action itself holds 100,000 sequences.
     env = make_env(backend, action_mode="self_edit")
-    action = json.dumps({"sequences": [f"Fact number {i} about the passage." for i in
-                                       range(100_000)], "hyperparameters": {"num_epochs": 1}})
+    many = [f"Fact {i} here." for i in range(100_000)]
     t0 = time.perf_counter()
-    _, info = step(env, action)
+    _, info = step(env, {"sequences": many, "hyperparameters": {"num_epochs": 1}})
     assert time.perf_counter() - t0 < 30
+    assert info["error"]  # more than a self-edit may hold: refused, quickly
+    action = json.dumps({"sequences": many[:4000], "hyperparameters": {"num_epochs": 1}})
+    _, info = step(env, action)
     assert info["error"] is None
     assert len(info["results"][0]["sequences"]) == env.config.max_sequences
-    assert any("100000 sequences; kept the first 64" in note for note in info["budget"])
+    assert any("4000 sequences; kept the first 64" in note for note in info["budget"])
     # Template mode: a completion with 100,000 lines is cut by the parser the same way.
     real = backend.generate
 
@@ -427,20 +434,35 @@ def test_failed_steps_pass_runtime_verification(backend) -> None:
         step(env, action)  # verify_base_every=1 raises inside step if the base changed
 
 
-class LeakyUpdate(LoRAUpdate):
+class LeakyUpdate:
     """A broken operator that writes into a base weight: the runtime check must notice."""
+
+    name = "leaky"
 
     @contextlib.contextmanager
     def adapted(self, backend: Any, sequences: Any, hp: Any, *, seed: int,
                 max_seconds: float | None = None):
-        with super().adapted(backend, sequences, hp, seed=seed, max_seconds=max_seconds) as s:
+        with LoRAUpdate().adapted(backend, sequences, hp, seed=seed,
+                                  max_seconds=max_seconds) as s:
             yield s
         with torch.no_grad():
             backend.model.model.norm.weight[0] += 1.0
 
 
-def test_runtime_verification_catches_a_leaking_operator(tiny_backend) -> None:
-    env = SelfEditEnv(backend=tiny_backend, update=LeakyUpdate(), verify_base_every=1, **FAST)
+class LeakyBatchedUpdate(LoRAUpdate):
+    """The same bug in the batched path the env takes when an operator offers it."""
+
+    @contextlib.contextmanager
+    def adapted_many(self, backend: Any, requests: Any):
+        with super().adapted_many(backend, requests) as stats:
+            yield stats
+        with torch.no_grad():
+            backend.model.model.norm.weight[0] += 1.0
+
+
+@pytest.mark.parametrize("operator", [LeakyUpdate, LeakyBatchedUpdate])
+def test_runtime_verification_catches_a_leaking_operator(tiny_backend, operator) -> None:
+    env = SelfEditEnv(backend=tiny_backend, update=operator(), verify_base_every=1, **FAST)
     env.reset(seed=0)
     with pytest.raises(RuntimeError, match="base weights changed"):
         env.step(PASSAGE_ONLY)

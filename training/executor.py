@@ -1,27 +1,30 @@
 """Where env steps run: in the runner's own env, or on Ray actors that each hold a model.
 
 An executor evaluates a list of :class:`Job` s (an action, the reset seed and passages of
-a planned step) and returns one :class:`StepOutcome` per job, in job order. The env is
+a planned step) and returns one :class:`StepOutcome` per job, in job order. The jobs of a
+block are evaluated *together*, in one batched pass over one model
+(:meth:`SelfEditEnv.evaluate`: one generate for every completion, the adapters trained in
+one joint forward/backward per round, one generate for every answer; issue 11). The env is
 deterministic for a reset seed (the step seed, the LoRA initialisation, dropout and the
-sampling of completions all come from it), so a job's outcome does not depend on which
-process evaluates it: :class:`SerialExecutor` and :class:`RayExecutor` give the same
-rewards for the same jobs. What the agent proposes is the runner's business
-(``executor.batch``), never the executor's (issue 6).
+sampling of completions all come from it, per job), so a job's outcome does not depend on
+which process evaluates it or which jobs share its batch, up to floating-point rounding:
+:class:`SerialExecutor` and :class:`RayExecutor` give the same rewards for the same jobs.
+What the agent proposes is the runner's business (``executor.batch``), never the
+executor's (issue 6).
 
     executor = make_executor(cfg.executor, cfg.env)
     with executor:
-        outcomes = executor.evaluate(env, jobs)  # env: the runner's own (its archive)
+        outcomes = executor.evaluate(env, jobs)  # env: the runner's own
 
 The runner keeps its own env even with Ray: observations come from it, and an LLM agent in
-self mode writes templates with its model. :meth:`RayExecutor.evaluate` records each
-remote result in that env's archive, as a step there would have.
+self mode writes templates with its model. :class:`RayExecutor` splits a block into one
+batch per actor.
 """
 
 from __future__ import annotations
 
-import copy
 import os
-from collections import deque
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
@@ -71,11 +74,40 @@ def step_job(env: Any, job: Job) -> StepOutcome:
     return StepOutcome(reward, info)
 
 
+def step_jobs(env: Any, jobs: list[Job]) -> list[StepOutcome]:
+    """What :func:`step_job` gives for each job, computed in one batched pass.
+
+    Each job's passages and step seed come from a generator seeded with its reset seed,
+    exactly as ``env.reset(seed=...)`` then ``env.step`` would draw them; the actions are
+    then evaluated together (:meth:`SelfEditEnv.evaluate`). Envs without ``evaluate`` are
+    stepped one job at a time.
+    """
+    if not hasattr(env, "evaluate"):
+        return [step_job(env, job) for job in jobs]
+    from gymnasium.utils import seeding
+
+    from selfedit.envs.selfedit_env import SlotRequest
+
+    start = time.perf_counter()
+    requests = []
+    for job in jobs:
+        rng, _ = seeding.np_random(job.reset_seed)
+        options = job.reset_kwargs()["options"]
+        idx = env.draw_passages(rng, options)
+        requests.append(SlotRequest(job.action, tuple(idx), int(rng.integers(2**31 - 1)),
+                                    start))
+    try:
+        outcomes = env.evaluate(requests)
+    finally:
+        env._after_step()  # the base-weights check, as after a step
+    return [StepOutcome(reward, info) for reward, info in outcomes]
+
+
 class SerialExecutor:
-    """Steps the runner's own env, one job after the other."""
+    """Evaluates a block of jobs in the runner's own env, in one batched pass."""
 
     def evaluate(self, env: Any, jobs: list[Job]) -> list[StepOutcome]:
-        return [step_job(env, job) for job in jobs]
+        return step_jobs(env, jobs) if jobs else []
 
     def close(self) -> None:
         return None
@@ -117,6 +149,9 @@ class EnvWorker:
     def step(self, job: Job) -> StepOutcome:
         return step_job(self.env, job)
 
+    def step_batch(self, jobs: list[Job]) -> list[StepOutcome]:
+        return step_jobs(self.env, jobs)
+
 
 def _import_ray() -> Any:
     try:
@@ -153,8 +188,8 @@ def _worker_error(kind: str, message: str) -> Exception:
 class RayExecutor:
     """Evaluates jobs on ``workers`` Ray actors, each building its own env from the config.
 
-    Jobs go to whichever actor is free (``ray.wait``); outcomes come back in job order and
-    each valid template is recorded in the runner's env, as a step there would have.
+    A block of jobs is split into one contiguous batch per actor (each evaluated in one
+    batched pass on its actor); outcomes come back in job order.
 
     Args:
         env_config: the env every actor builds (the runner's ``cfg.env``).
@@ -238,27 +273,19 @@ class RayExecutor:
                 raise _worker_error(*error)
 
     def evaluate(self, env: Any, jobs: list[Job]) -> list[StepOutcome]:
-        outcomes: list[StepOutcome | None] = [None] * len(jobs)
-        waiting = deque(range(len(jobs)))
-        free = list(self._actors)
-        running: dict[Any, tuple[int, Any]] = {}  # object ref -> (job index, actor)
-        while waiting or running:
-            while waiting and free:
-                i, actor = waiting.popleft(), free.pop()
-                running[actor.step.remote(jobs[i])] = (i, actor)
-            done, _ = self._ray.wait(list(running), num_returns=1)
-            for ref in done:
-                i, actor = running.pop(ref)
-                outcomes[i] = self._result(ref)
-                free.append(actor)
-        out = [o for o in outcomes if o is not None]
-        for outcome in out:  # in job order: the archive a serial run would have built
-            info = outcome.info
-            if not info.get("error") and info.get("template") is not None:
-                env.record(copy.deepcopy(info["template"]), info["accuracy"])
+        if not jobs:
+            return []
+        # Contiguous batches, as even as possible: one per actor (fewer for a small block).
+        n = min(len(self._actors), len(jobs))
+        bounds = [round(i * len(jobs) / n) for i in range(n + 1)]
+        refs = [actor.step_batch.remote(jobs[a:b])
+                for actor, a, b in zip(self._actors, bounds, bounds[1:], strict=False)]
+        out: list[StepOutcome] = []
+        for ref in refs:  # in job order
+            out.extend(self._result(ref))
         return out
 
-    def _result(self, ref: Any) -> StepOutcome:
+    def _result(self, ref: Any) -> list[StepOutcome]:
         ray = self._ray
         try:
             return ray.get(ref)
