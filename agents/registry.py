@@ -7,7 +7,8 @@ arguments, e.g. ``{type: fixed, name: short, template: {...}}`` or
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from selfedit.agents.base import Agent
@@ -15,7 +16,41 @@ from selfedit.agents.fixed import HUMAN_BASELINES, FixedTemplateAgent, human_bas
 from selfedit.envs.config import ConfigError
 from selfedit.envs.templates import Template, TemplateError
 
-__all__ = ["AGENT_KEYS", "AGENT_TYPES", "check_agent_spec", "make_agent", "register_agent"]
+__all__ = ["AGENT_KEYS", "AGENT_TYPES", "MAX_NAME_CHARS", "check_agent_spec", "check_agents",
+           "check_name", "make_agent", "register_agent"]
+
+# Names become parts of file paths (run directories, tb/<agent>/, state/<agent>.json), so
+# they are plain names: no separator, no '..', no NUL, nothing hidden (issue 13, item 4).
+MAX_NAME_CHARS = 100
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
+
+
+def _shown(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def check_name(value: Any, *, key: str) -> str:
+    """Return ``value`` if it is safe as a file or directory name; else a one-line error.
+
+    >>> check_name("impl-5ep", key="name")
+    'impl-5ep'
+    >>> try:
+    ...     check_name("../up", key="name")
+    ... except ConfigError as err:
+    ...     print(str(err)[:44])
+    name must be a plain name for file paths: le
+    """
+    if not isinstance(value, str):
+        raise ConfigError(f"{key} must be a name (text), got {type(value).__name__} "
+                          f"{_shown(value)}")
+    if len(value) > MAX_NAME_CHARS or not _NAME.fullmatch(value):
+        raise ConfigError(
+            f"{key} must be a plain name for file paths: letters, digits, '.', '_' and '-', "
+            f"not starting with '.' or '-', at most {MAX_NAME_CHARS} characters; got "
+            f"{_shown(value)}"
+        )
+    return value
 
 
 def _fixed(spec: dict[str, Any], env: Any = None) -> Agent:
@@ -46,29 +81,68 @@ def register_agent(type_name: str, factory: AgentFactory, keys: set[str]) -> Non
     AGENT_KEYS[type_name] = set(keys)
 
 
-def check_agent_spec(spec: str | dict[str, Any]) -> str:
-    """Validate a config entry without building anything; return the agent's name."""
+def check_agent_spec(spec: str | dict[str, Any], *, key: str = "agent") -> str:
+    """Validate a config entry without building anything; return the agent's name.
+
+    ``key`` names the entry in error messages (``agents[2]``).
+    """
     if isinstance(spec, str):
         if spec not in HUMAN_BASELINES:
             raise ConfigError(
-                f"unknown agent {spec!r}: use a baseline name ({', '.join(HUMAN_BASELINES)})"
-                " or a mapping with 'type'"
+                f"{key}: unknown agent {_shown(spec)}: use a baseline name "
+                f"({', '.join(HUMAN_BASELINES)}) or a mapping with 'type'"
             )
         return spec
     if not isinstance(spec, dict):
-        raise ConfigError(f"an agent entry must be a name or a mapping, got {spec!r}")
+        raise ConfigError(f"{key}: an agent entry must be a baseline name or a mapping with "
+                          f"'type', got {type(spec).__name__} {_shown(spec)}")
+    odd = [k for k in spec if not isinstance(k, str)]
+    if odd:
+        raise ConfigError(f"{key}: agent keys must be text, got {_shown(odd[0])}; write e.g. "
+                          "{type: fixed, baseline: passage}")
     kind = spec.get("type", "fixed")
-    if kind not in AGENT_TYPES:
-        raise ConfigError(f"unknown agent type {kind!r}; known: {', '.join(AGENT_TYPES)}")
+    if not isinstance(kind, str) or kind not in AGENT_TYPES:
+        raise ConfigError(f"{key}: unknown agent type {_shown(kind)}; known: "
+                          f"{', '.join(AGENT_TYPES)}")
     allowed = AGENT_KEYS[kind] | {"type", "name"}
     unknown = set(spec) - allowed
     if unknown:
         raise ConfigError(
-            f"unknown key(s) {sorted(unknown)} for a {kind} agent; use {sorted(allowed)}"
+            f"{key}: unknown key(s) {sorted(unknown)} for a {kind} agent; use {sorted(allowed)}"
         )
-    if kind == "fixed" and "name" not in spec:
-        return spec.get("baseline") or spec.get("template", {}).get("name") or "fixed"
-    return str(spec.get("name", kind))
+    if kind == "fixed":
+        _check_fixed_shape(spec, key)
+        if "name" not in spec:
+            name = spec.get("baseline") or spec.get("template", {}).get("name") or "fixed"
+            return check_name(name, key=f"{key}.name (taken from the template; give the "
+                                        "agent a 'name')")
+    return check_name(spec.get("name", kind), key=f"{key}.name")
+
+
+def _check_fixed_shape(spec: dict[str, Any], key: str) -> None:
+    """The value types of a fixed agent's keys, so a list where a name belongs is one line."""
+    baseline = spec.get("baseline")
+    if baseline is not None and (not isinstance(baseline, str)
+                                 or baseline not in HUMAN_BASELINES):
+        raise ConfigError(f"{key}.baseline must be one baseline name "
+                          f"({', '.join(HUMAN_BASELINES)}), got {_shown(baseline)}")
+    for name in ("template", "hyperparameters"):
+        if name in spec and not isinstance(spec[name], dict):
+            raise ConfigError(f"{key}.{name} must be a mapping of keys to values, got "
+                              f"{type(spec[name]).__name__} {_shown(spec[name])}")
+
+
+def check_agents(specs: Sequence[Any], *, key: str = "agents") -> list[str]:
+    """Validate every entry of an agent list; return the names, which must be unique."""
+    if not isinstance(specs, (list, tuple)) or not specs:
+        raise ConfigError(f"{key} must be a non-empty list of agents, e.g. [passage, "
+                          f"no_training], got {_shown(specs)}")
+    names = [check_agent_spec(spec, key=f"{key}[{i}]") for i, spec in enumerate(specs)]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ConfigError(f"agent names must be unique, got {twice} more than once; give "
+                          "each entry its own 'name'")
+    return names
 
 
 def make_agent(spec: str | dict[str, Any], env: Any = None) -> Agent:

@@ -95,8 +95,7 @@ def test_grpo_separate_mode_full_weights(tiny_backend, smol_tokenizer, tmp_path)
 
 
 def test_env_reward_scores_each_completion_on_its_passages(tiny_backend, tmp_path):
-    from selfedit.training.checkpoint import EvalCache
-    from selfedit.training.restem import Evaluator
+    from selfedit.training.evaluation import EvalCache, Evaluator
 
     cfg = _cfg(tmp_path)
     env = _env(tiny_backend, cfg)

@@ -236,7 +236,9 @@ def test_cli_train_and_resume_of_a_finished_run(tiny_model_dir, tmp_path, capsys
 def test_select_winners_filters_by_gain_and_keeps_best_completions():
     from selfedit.envs.selfedit_env import load_env_corpus
     from selfedit.envs.templates import Template
-    from selfedit.training.restem import Evaluation, Sample, select_winners
+    from selfedit.training.evaluation import Evaluation
+    from selfedit.training.policy import Sample
+    from selfedit.training.restem import select_winners
 
     corpus = load_env_corpus("embedded")
     good = Template("List every fact.", include_passage=True)
@@ -271,7 +273,8 @@ def test_eval_cache_survives_a_torn_line_and_rng_round_trips(tmp_path):
     import numpy as np
     import torch
 
-    from selfedit.training.checkpoint import EvalCache, rng_state, set_rng_state
+    from selfedit.training.checkpoint import rng_state, set_rng_state
+    from selfedit.training.evaluation import EvalCache
 
     cache = EvalCache(tmp_path / "e.jsonl")
     cache.put({"key": "a", "reward": 0.5})

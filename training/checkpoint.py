@@ -1,7 +1,7 @@
-"""What lets a policy-training run survive a kill: evaluations, weights, RNG states.
+"""What lets a policy-training run survive a kill: weights and RNG states.
 
-- :class:`EvalCache`: every env evaluation of a (weights, template, passage, seed) is appended
-  to ``evaluations.jsonl`` the moment it ends, so a resumed run never repeats one.
+(Every env evaluation is kept by :class:`~selfedit.training.evaluation.EvalCache`.)
+
 - Adapters: the policy's LoRA of each iteration is saved with peft (``adapter_model.safetensors``
   + ``adapter_config.json``) before it is merged; a resumed run rebuilds the policy by merging
   the saved adapters into the base weights in order (bit-identical to the run it continues:
@@ -15,22 +15,17 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 import random
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from selfedit.training.runlog import to_jsonable
+from selfedit.training.jsonio import write_json_atomic
 
 __all__ = [
-    "EvalCache",
     "apply_adapter",
     "copy_policy_weights",
     "latest_checkpoint",
@@ -38,82 +33,8 @@ __all__ = [
     "rebase_env",
     "rng_state",
     "set_rng_state",
-    "stable_hash",
     "write_checkpoint",
-    "write_json_atomic",
 ]
-
-
-def stable_hash(payload: Any, n: int = 16) -> str:
-    """A short sha256 of a JSON-able payload (dict keys sorted).
-
-    >>> stable_hash({"b": 1, "a": [1, 2]}) == stable_hash({"a": [1, 2], "b": 1})
-    True
-    """
-    text = json.dumps(to_jsonable(payload), sort_keys=True, ensure_ascii=False)
-    return hashlib.sha256(text.encode()).hexdigest()[:n]
-
-
-def write_json_atomic(path: Path, payload: Any) -> Path:
-    """Write JSON through a temporary file and a rename: readers never see half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(to_jsonable(payload), indent=1, ensure_ascii=False))
-    tmp.replace(path)
-    return path
-
-
-class EvalCache:
-    """An append-only JSONL map from an evaluation key to its record.
-
-    Each :meth:`put` writes one complete line and fsyncs it; a line torn by a kill is
-    skipped on load (and cut, so the next append starts clean). ``hits`` and ``misses``
-    count lookups of this process.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        self._records: dict[str, dict[str, Any]] = {}
-        self.hits = 0
-        self.misses = 0
-        if self.path.is_file():
-            data = self.path.read_bytes()
-            if data and not data.endswith(b"\n"):
-                with self.path.open("rb+") as handle:
-                    handle.truncate(data.rfind(b"\n") + 1)
-            for line in self.path.read_text(encoding="utf-8").splitlines():
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                self._records[record["key"]] = record
-        self._file = self.path.open("a", encoding="utf-8", errors="backslashreplace")
-
-    def __len__(self) -> int:
-        return len(self._records)
-
-    def __contains__(self, key: str) -> bool:
-        return key in self._records
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        return iter(self._records.values())
-
-    def get(self, key: str) -> dict[str, Any] | None:
-        record = self._records.get(key)
-        if record is None:
-            self.misses += 1
-        else:
-            self.hits += 1
-        return record
-
-    def put(self, record: dict[str, Any]) -> None:
-        """Store ``record`` (it must carry its ``key``) and write it to disk now."""
-        self._records[record["key"]] = record
-        self._file.write(json.dumps(to_jsonable(record), ensure_ascii=False) + "\n")
-        self._file.flush()
-        os.fsync(self._file.fileno())
-
-    def close(self) -> None:
-        self._file.close()
 
 
 # -- RNG states -------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
     selfedit run --config configs/baselines_cpu.yaml [key=value ...] [--resume RUN_DIR]
     selfedit keys                      # every config key with its default and help
-    selfedit recitation [--corpus ...] # how much reciting the passage scores per grader
+    selfedit recitation [--corpus ...] # how much answers that need no knowledge score
     selfedit benchmark --config configs/benchmark_cpu.yaml [key=value ...] [--force]
     selfedit benchmark --resume results/benchmark_cpu   # finish a killed benchmark
     selfedit benchmark --config ... --executor ray executor.workers=2 executor.batch=2
@@ -10,6 +10,11 @@
     selfedit train --resume results/restem_cpu__0__<time>            # continue a killed run
     selfedit continual --config configs/continual_cpu.yaml           # forgetting matrix
     selfedit bench inner-loop          # lean inner loop vs a SEAL-style loop, FLOP fraction
+
+Every command reads its settings the same way (:func:`~selfedit.training.experiment
+.load_experiment`): an optional YAML file (``--config``), then ``key=value`` overrides
+(dotted keys, values parsed as YAML), then, for ``recitation`` and ``bench inner-loop``,
+their ``--flags``.
 """
 
 from __future__ import annotations
@@ -18,16 +23,38 @@ import argparse
 import dataclasses
 import shlex
 import sys
+import types
+import typing
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from selfedit.envs.config import ConfigError, EnvConfig, field_help
 from selfedit.envs.templates import TemplateError
+from selfedit.training.experiment import param
 
 if TYPE_CHECKING:
     from selfedit.training.config import RunConfig
 
-__all__ = ["main", "parse_args"]
+__all__ = ["RecitationArgs", "main", "parse_args"]
+
+NO_CONFIG = ("selfedit {command} needs a config: {example}; or give key=value overrides on "
+             "top of the built-in defaults (`selfedit keys` lists them)")
+EXAMPLES = {"run": "`selfedit run --config configs/baselines_cpu.yaml` runs the main job "
+                   "(five baselines, ~7 min on 2 CPU cores)",
+            "continual": "`selfedit continual --config configs/continual_cpu.yaml`"}
+
+
+@dataclasses.dataclass
+class RecitationArgs:
+    """What ``selfedit recitation`` scores (flags, ``--config`` or ``key=value``)."""
+
+    corpus: str = param("embedded", "corpus source")
+    passages: str | None = param(None, "selection, e.g. 0:20 (null = all)")
+    output: str | None = param(None, "write the table here (Markdown)")
+    judge: str | None = param(None, "also score with an LLM judge: a model for a local judge "
+                              "('embedded', a path or hub id) or an OpenAI-compatible base "
+                              "URL (http...)")
+    judge_model: str = param("gpt-4.1", "model name for an endpoint judge")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -45,14 +72,11 @@ def _parser() -> argparse.ArgumentParser:
     keys = sub.add_parser("keys", help="list every config key with its default and help")
     keys.add_argument("--markdown", action="store_true", help="as the README's Markdown table")
 
-    rec = sub.add_parser("recitation", help="score a model that recites the passage, per grader")
-    rec.add_argument("--corpus", default="embedded", help="corpus source (default: embedded)")
-    rec.add_argument("--passages", default=None, help="selection, e.g. 0:20")
-    rec.add_argument("--output", type=Path, help="write the table here (Markdown)")
-    rec.add_argument("--judge", default=None,
-                     help="also score with an LLM judge: a model for a local judge ('embedded',"
-                     " a path or hub id) or an OpenAI-compatible base URL (http...)")
-    rec.add_argument("--judge-model", default="gpt-4.1", help="model name for an endpoint judge")
+    rec = sub.add_parser("recitation", help="score answers that need no knowledge of the "
+                         "question (reciting the passage, ...) with every grader")
+    rec.add_argument("--config", type=Path, help="YAML file with the keys below")
+    _add_dataclass_flags(rec, RecitationArgs)
+    rec.add_argument("overrides", nargs="*", help="key=value overrides, e.g. passages=0:20")
 
     bench = sub.add_parser(
         "benchmark", help="agents side by side on equal budgets: table with CIs, paired "
@@ -77,6 +101,51 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+# --- flags generated from a config dataclass --------------------------------------------------
+def _add_dataclass_flags(parser: argparse.ArgumentParser, cls: type,
+                         helps: dict[str, str] | None = None) -> None:
+    """One ``--flag`` per field (``--num-epochs`` for ``num_epochs``); lists take commas,
+    booleans get ``--no-<flag>``. Flags left out of the command keep the file's value."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        text = (helps or {}).get(f.name) or f.metadata.get("help", "")
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING \
+            else f.default
+        text = f"{text} (default: {default})" if text else f"default: {default}"
+        if hints[f.name] is bool:
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
+                                default=argparse.SUPPRESS, help=text)
+        else:
+            parser.add_argument(flag, dest=f.name, default=argparse.SUPPRESS, help=text,
+                                metavar=f.name.upper())
+
+
+def _flag_values(args: argparse.Namespace, cls: type) -> dict[str, Any]:
+    """The flags given, converted to their fields' types (``1,4,16`` for a list of ints)."""
+    hints = typing.get_type_hints(cls)
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if not hasattr(args, f.name):
+            continue
+        value, hint = getattr(args, f.name), hints[f.name]
+        kind = hint
+        if typing.get_origin(hint) in (typing.Union, types.UnionType):  # X | None -> X
+            kind = next(a for a in typing.get_args(hint) if a is not type(None))
+        flag = "--" + f.name.replace("_", "-")
+        try:
+            if typing.get_origin(kind) is list:
+                (item,) = typing.get_args(kind) or (str,)
+                value = [item(x.strip()) for x in value.split(",") if x.strip()]
+            elif kind in (int, float) and isinstance(value, str):
+                value = kind(value)
+        except ValueError:
+            raise ConfigError(f"{flag} expects {getattr(kind, '__name__', kind)}, got "
+                              f"{value!r} (lists are comma-separated, e.g. 1,4,16)") from None
+        out[f.name] = value
+    return out
+
+
 def _add_bench_commands(sub: argparse._SubParsersAction) -> None:
     from selfedit.training.innerloop import InnerLoopConfig
 
@@ -86,40 +155,15 @@ def _add_bench_commands(sub: argparse._SubParsersAction) -> None:
         "inner-loop", help="the project's inner loop against a SEAL-style reference on the "
         "same work, matmul peak, FLOP fraction, generation tokens/s, memory",
         description="Writes <output>/report.md and report.json (see training/innerloop.py).")
-    d = InnerLoopConfig()
-    inner.add_argument("--model", default=d.model, help="model (default: embedded)")
-    inner.add_argument("--dtypes", default=",".join(d.dtypes),
-                       help="precisions to compare, the first also runs the reference")
-    inner.add_argument("--corpus", default=d.corpus)
-    inner.add_argument("--passages", default=d.passages, help="selection, e.g. 0:3")
-    inner.add_argument("--template", default=d.template, help="human baseline whose "
-                       "instruction and hyperparameters make the work")
-    inner.add_argument("--num-epochs", type=int, default=None,
-                       help="override the template's epochs (default: its own)")
-    inner.add_argument("--repeats", type=int, default=d.repeats,
-                       help="requests per passage (later ones find the baseline cached)")
-    inner.add_argument("--reference-requests", type=int, default=d.reference_requests,
-                       help="SEAL-style requests to time (0 skips the reference)")
-    inner.add_argument("--attentions", default=",".join(d.attentions),
-                       help="attention kernels of the lean rows (sdpa, eager); the first"
-                       " also runs the reference")
-    inner.add_argument("--micro-batch-size", type=int, default=d.micro_batch_size)
-    inner.add_argument("--micro-batch-sizes", default=",".join(map(str, d.micro_batch_sizes)),
-                       help="micro-batch sizes of the training-throughput sweep")
-    inner.add_argument("--completion-max-tokens", type=int, default=d.completion_max_tokens)
-    inner.add_argument("--matmul-size", type=int, default=d.matmul_size)
-    inner.add_argument("--no-profile", dest="profile", action="store_false",
-                       help="skip the profiled training epoch (where the time goes)")
-    inner.add_argument("--pad-to", type=int, default=d.pad_to,
-                       help="the reference's fixed sequence length (SEAL pads to 2048)")
-    inner.add_argument("--threads", type=int, default=None, help="torch threads")
-    inner.add_argument("--output", default=d.output, help="report directory")
+    inner.add_argument("--config", type=Path, help="YAML file with the keys below")
+    _add_dataclass_flags(inner, InnerLoopConfig)
     inner.add_argument("--report-only", type=Path, metavar="DIR",
                        help="rebuild DIR/report.md from DIR/report.json (no model is loaded)")
-    inner.add_argument("--seed", type=int, default=d.seed)
+    inner.add_argument("overrides", nargs="*", help="key=value overrides, e.g. repeats=3")
 
 
 def _bench(args: argparse.Namespace, argv: list[str]) -> int:
+    from selfedit.training.experiment import load_experiment
     from selfedit.training.innerloop import (
         InnerLoopConfig,
         rebuild_report,
@@ -129,34 +173,59 @@ def _bench(args: argparse.Namespace, argv: list[str]) -> int:
     if args.report_only is not None:
         print(rebuild_report(args.report_only))
         return 0
-    try:
-        sizes = [int(x) for x in args.micro_batch_sizes.split(",") if x.strip()]
-    except ValueError:
-        raise ConfigError(f"--micro-batch-sizes must be integers like 1,4,16, got "
-                          f"{args.micro_batch_sizes!r}") from None
-    cfg = InnerLoopConfig(
-        model=args.model, dtypes=[x.strip() for x in args.dtypes.split(",") if x.strip()],
-        corpus=args.corpus, passages=args.passages, template=args.template,
-        attentions=[x.strip() for x in args.attentions.split(",") if x.strip()],
-        num_epochs=args.num_epochs, repeats=args.repeats,
-        reference_requests=args.reference_requests, micro_batch_size=args.micro_batch_size,
-        micro_batch_sizes=sizes, completion_max_tokens=args.completion_max_tokens,
-        matmul_size=args.matmul_size, profile=args.profile, pad_to=args.pad_to,
-        threads=args.threads,
-        output=args.output, seed=args.seed,
-    )
+    cfg = load_experiment(InnerLoopConfig, args.config, args.overrides,
+                          values=_flag_values(args, InnerLoopConfig))
     run_inner_loop_bench(cfg, command=shlex.join(["selfedit", *argv]))
     return 0
 
 
-def _benchmark_keys() -> str:
-    from selfedit.training.benchmark import BenchmarkConfig
+def _recitation(args: argparse.Namespace) -> int:
+    from selfedit.training.experiment import load_experiment
+    from selfedit.training.recitation import recitation_report
 
-    lines = ["benchmark keys (besides every key of `selfedit keys`):"]
-    for name, default, text in field_help(BenchmarkConfig):
-        if name != "run":
-            lines.append(f"  {name} = {default}\n      {text}")
-    return "\n".join(lines)
+    cfg = load_experiment(RecitationArgs, args.config, args.overrides,
+                          values=_flag_values(args, RecitationArgs))
+    judge = _judge(cfg.judge, cfg.judge_model) if cfg.judge else None
+    table = recitation_report(cfg.corpus, cfg.passages, judge=judge)
+    print(table)
+    if cfg.output:
+        output = Path(cfg.output)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(table + "\n")
+    return 0
+
+
+# --- run ------------------------------------------------------------------------------------
+def _run(args: argparse.Namespace, argv: list[str]) -> int:
+    from selfedit.training.config import RunConfig
+    from selfedit.training.experiment import load_experiment
+    from selfedit.training.run import load_run_config, run
+
+    if args.resume is not None:
+        _no_config_with_resume(args)
+        cfg = load_run_config(args.resume)
+    else:
+        cfg = load_experiment(RunConfig, *_config_or_overrides(args))
+    run(_with_executor(cfg, args.executor), resume=args.resume,
+        command=shlex.join(["selfedit", *argv]))
+    return 0
+
+
+def _config_or_overrides(args: argparse.Namespace) -> tuple[Path | None, list[str]]:
+    """``--config`` and the overrides; neither is an error: no silent default job."""
+    if args.config is None:
+        if not args.overrides:
+            raise ConfigError(NO_CONFIG.format(command=args.command,
+                                               example=EXAMPLES[args.command]))
+        print(f"selfedit: no --config: the built-in defaults with {len(args.overrides)} "
+              "override(s)", flush=True)
+    return args.config, args.overrides
+
+
+def _no_config_with_resume(args: argparse.Namespace, name: str = "config.yaml") -> None:
+    if args.config or args.overrides or getattr(args, "force", False):
+        raise ConfigError(f"--resume uses the run's own {name}; drop --config and overrides"
+                          + (" and --force" if getattr(args, "force", False) else ""))
 
 
 def _add_executor_option(parser: argparse.ArgumentParser) -> None:
@@ -176,13 +245,28 @@ def _with_executor(cfg: RunConfig, kind: str | None) -> RunConfig:
     return cfg
 
 
+# --- benchmark ------------------------------------------------------------------------------
+def _benchmark_keys() -> str:
+    from selfedit.training.benchmark import BenchmarkConfig
+    from selfedit.training.config import RunConfig
+
+    run_keys = {f.name for f in dataclasses.fields(RunConfig)}
+    lines = ["benchmark keys (besides every key of `selfedit keys`):"]
+    for name, default, text in field_help(BenchmarkConfig):
+        if name not in run_keys:
+            lines.append(f"  {name} = {default}\n      {text}")
+    return "\n".join(lines)
+
+
 def _benchmark(args: argparse.Namespace, argv: list[str]) -> int:
     from selfedit.training.benchmark import (
+        BenchmarkConfig,
         BudgetError,
         benchmark,
-        load_benchmark_config,
         write_report,
     )
+    from selfedit.training.experiment import load_experiment
+    from selfedit.training.rundir import RunDir
 
     try:
         if args.report_only is not None:
@@ -193,27 +277,22 @@ def _benchmark(args: argparse.Namespace, argv: list[str]) -> int:
             return 0
         command = shlex.join(["selfedit", *argv])
         if args.resume is not None:
-            if args.config or args.overrides or args.force:
-                raise ConfigError("--resume uses the directory's own benchmark.yaml; drop "
-                                  "--config, --force and overrides")
-            if not (args.resume / "benchmark.yaml").is_file():
-                raise ConfigError(f"--resume {args.resume}: no benchmark.yaml there; is it a "
-                                  "benchmark directory?")
-            cfg = load_benchmark_config(args.resume / "benchmark.yaml")
-            _with_executor(cfg.run, args.executor)
-            benchmark(cfg, resume=args.resume, command=command)
+            _no_config_with_resume(args, "benchmark.yaml")
+            cfg = load_experiment(BenchmarkConfig, RunDir.config_file(
+                args.resume, config_name="benchmark.yaml", kind="benchmark directory"))
+            benchmark(_with_executor(cfg, args.executor), resume=args.resume, command=command)
         else:
             if args.config is None:
                 raise ConfigError("give --config configs/benchmark_<...>.yaml (or --resume DIR)")
-            cfg = load_benchmark_config(args.config, args.overrides)
-            _with_executor(cfg.run, args.executor)
-            benchmark(cfg, force=args.force, command=command)
+            cfg = load_experiment(BenchmarkConfig, args.config, args.overrides)
+            benchmark(_with_executor(cfg, args.executor), force=args.force, command=command)
     except BudgetError as err:
         print(f"selfedit: error: {err}", file=sys.stderr)
         return 2
     return 0
 
 
+# --- keys -----------------------------------------------------------------------------------
 def _keys(markdown: bool = False) -> str:
     from selfedit.training.config import ExecutorConfig, RunConfig
 
@@ -275,7 +354,8 @@ def _add_training_commands(sub: argparse._SubParsersAction) -> None:
 def _config_keys(which: str) -> str:
     from selfedit.training.continual import ContinualConfig
     from selfedit.training.grpo import GRPORunConfig
-    from selfedit.training.restem import RestemConfig, SFTSettings
+    from selfedit.training.restem import RestemConfig
+    from selfedit.training.sft import SFTSettings
 
     groups = ([("restem keys", RestemConfig), ("restem sft.* keys", SFTSettings),
                ("grpo keys", GRPORunConfig)] if which == "training"
@@ -291,29 +371,26 @@ def _config_keys(which: str) -> str:
 
 
 def _training(args: argparse.Namespace, argv: list[str]) -> int:
+    from selfedit.training.experiment import load_experiment
+
     command = shlex.join(["selfedit", *argv])
     if args.command == "continual":
-        from selfedit.training.continual import load_continual_config, run_continual
+        from selfedit.training.continual import ContinualConfig, run_continual
 
-        run_continual(load_continual_config(args.config, args.overrides), command=command)
+        run_continual(load_experiment(ContinualConfig, *_config_or_overrides(args)),
+                      command=command)
         return 0
-    from selfedit.training.grpo import train_grpo
-    from selfedit.training.restem import load_train_config, train_restem
+    from selfedit.training.policy_config import PolicyRunConfig, train
+    from selfedit.training.rundir import RunDir
 
     if args.resume is not None:
-        if args.config or args.overrides:
-            raise ConfigError("--resume uses the run's own config.yaml; drop --config and "
-                              "overrides")
-        if not (args.resume / "config.yaml").is_file():
-            raise ConfigError(f"--resume {args.resume}: no config.yaml there; is it a run "
-                              "directory?")
-        cfg = load_train_config(args.resume / "config.yaml")
+        _no_config_with_resume(args)
+        cfg = load_experiment(PolicyRunConfig, RunDir.config_file(args.resume))
     else:
         if args.config is None:
             raise ConfigError("give --config configs/restem_<...>.yaml (or --resume RUN_DIR)")
-        cfg = load_train_config(args.config, args.overrides)
-    trainer = train_grpo if cfg.algorithm == "grpo" else train_restem
-    trainer(cfg, resume=args.resume, command=command)
+        cfg = load_experiment(PolicyRunConfig, args.config, args.overrides)
+    train(cfg, resume=args.resume, command=command)
     return 0
 # --- end policy training ---
 
@@ -337,39 +414,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    words = list(argv) if argv is not None else sys.argv[1:]
     try:
         if args.command == "keys":
             print(_keys(args.markdown))
         elif args.command == "run":
-            from selfedit.training.config import load_config
-            from selfedit.training.run import load_run_config, run
-
-            if args.resume is not None:
-                if args.config or args.overrides:
-                    raise ConfigError(
-                        "--resume uses the run's own config.yaml; drop --config and overrides"
-                    )
-                if not (args.resume / "config.yaml").is_file():
-                    raise ConfigError(f"--resume {args.resume}: no config.yaml there")
-                cfg = load_run_config(args.resume)
-            else:
-                cfg = load_config(args.config, args.overrides)
-            run(_with_executor(cfg, args.executor), resume=args.resume)
+            return _run(args, words)
         elif args.command == "benchmark":
-            return _benchmark(args, list(argv) if argv is not None else sys.argv[1:])
+            return _benchmark(args, words)
         elif args.command == "bench":
-            return _bench(args, list(argv) if argv is not None else sys.argv[1:])
+            return _bench(args, words)
         elif args.command in ("train", "continual"):
-            return _training(args, list(argv) if argv is not None else sys.argv[1:])
+            return _training(args, words)
         elif args.command == "recitation":
-            from selfedit.training.recitation import recitation_report
-
-            judge = _judge(args.judge, args.judge_model) if args.judge else None
-            table = recitation_report(args.corpus, args.passages, judge=judge)
-            print(table)
-            if args.output:
-                args.output.parent.mkdir(parents=True, exist_ok=True)
-                args.output.write_text(table + "\n")
+            return _recitation(args)
     except (ConfigError, TemplateError, FileNotFoundError) as err:
         print(f"selfedit: error: {err}", file=sys.stderr)
         return 2

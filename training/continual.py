@@ -26,55 +26,43 @@ import contextlib
 import csv
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
 from selfedit.agents.fixed import HUMAN_BASELINES
 from selfedit.envs.backend import check_model_source, refuse_weight_updates
-from selfedit.envs.config import (
-    ConfigError,
-    EnvConfig,
-    check_types,
-    config_from_dict,
-)
+from selfedit.envs.config import ConfigError
 from selfedit.envs.selfedit_env import SelfEditEnv, load_env_corpus
 from selfedit.envs.templates import Hyperparameters, Template, TemplateError
-from selfedit.training.checkpoint import lora_merged_weights, rebase_env, write_json_atomic
-from selfedit.training.restem import open_run_dir, resolve_passages
+from selfedit.training.checkpoint import lora_merged_weights, rebase_env
+from selfedit.training.experiment import ExperimentConfig, load_experiment, param
+from selfedit.training.policy_config import resolve_passages
+from selfedit.training.rundir import RunDir
 
-__all__ = ["ContinualConfig", "MergingUpdate", "SequenceResult", "run_continual"]
-
-
-def _f(default: Any, help: str) -> Any:  # noqa: A002
-    return field(default=default, metadata={"help": help})
+__all__ = ["ContinualConfig", "MergingUpdate", "SequenceResult", "load_continual_config",
+           "run_continual"]
 
 
 @dataclass
-class ContinualConfig:
+class ContinualConfig(ExperimentConfig):
     """A continual self-editing run: one template, a sequence of passages, adapters merged."""
 
-    name: str = _f("continual", "experiment name; the run writes to "
-                   "<output_dir>/<name>__<seed>__<time>")
-    seed: int = _f(0, "seed of env resets and of the shuffled orders")
-    output_dir: str = _f("results", "parent directory of run directories")
-    tensorboard: bool = _f(True, "write TensorBoard events under <run>/tb")
-    progress: bool = _f(True, "print one line per evaluation")
-    passages: str | list[int] = _f("0:4", "the sequence: a slice like '0:8' or indices into "
-                                   "the env's corpus selection, in the order learned")
-    sequences: int = _f(1, "orders to run: the first as given, the others shuffled; each "
-                        "starts from the original weights")
-    template: str | dict[str, Any] = _f("implications", "the self-edit template: a human "
-                                        "baseline name or a template mapping")
-    env: EnvConfig = field(default_factory=EnvConfig, metadata={"help": "env settings"})
+    where: ClassVar[str] = "continual"
+
+    name: str = param("continual")
+    passages: str | list[int] = param("0:4", "the sequence: a slice like '0:8' or indices "
+                                      "into the env's corpus selection, in the order learned")
+    sequences: int = param(1, "orders to run: the first as given, the others shuffled; each "
+                           "starts from the original weights")
+    template: str | dict[str, Any] = param("implications", "the self-edit template: a human "
+                                           "baseline name or a template mapping")
 
     def __post_init__(self) -> None:
-        if isinstance(self.env, dict):
-            self.env = EnvConfig.from_dict(self.env)
-        check_types(self, where="continual")
+        super().__post_init__()
         if self.sequences < 1:
             raise ConfigError(f"sequences must be >= 1, got {self.sequences}")
         if self.env.passages_per_step != 1 or self.env.completions_per_passage != 1:
@@ -102,20 +90,11 @@ class ContinualConfig:
             raise ConfigError("the continual template must train (num_epochs >= 1)")
         return template
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> ContinualConfig:
-        return config_from_dict(cls, raw, where="continual")
-
 
 def load_continual_config(path: str | Path | None,
                           overrides: list[str] | None = None) -> ContinualConfig:
-    from selfedit.training.config import apply_overrides, read_yaml
-
-    return ContinualConfig.from_dict(
-        apply_overrides(read_yaml(Path(path) if path else None), overrides or []))
+    """Read a continual config (YAML + ``key=value`` overrides) and validate it."""
+    return load_experiment(ContinualConfig, path, overrides)
 
 
 class MergingUpdate:
@@ -238,7 +217,7 @@ def run_sequence(env: SelfEditEnv, merging: MergingUpdate, template: Template,
 def run_continual(cfg: ContinualConfig, *, env: SelfEditEnv | None = None,
                   command: str | None = None) -> Path:
     """Run every order of the config; write the forgetting matrices; restore the weights."""
-    # 1. Config, passages, files; then the run directory and the env.
+    # 1. Config, passages, files; then the run directory, the env, the orders, the outputs.
     template = cfg.build_template()
     if env is None:
         check_model_source(cfg.env.model)
@@ -246,8 +225,18 @@ def run_continual(cfg: ContinualConfig, *, env: SelfEditEnv | None = None,
     else:
         corpus = env.corpus
     passages = resolve_passages(corpus, cfg.passages, key="passages")
-    run_dir = open_run_dir(cfg, None, command)
-    env = env or SelfEditEnv(cfg.env, corpus=corpus)
+    rundir = RunDir.create(cfg, command=command)
+    with rundir:
+        env = env or SelfEditEnv(cfg.env, corpus=corpus)
+        results, restored = run_orders(env, cfg, template, passages)
+        write_outputs(rundir, cfg, results, template, restored_checksum=restored)
+    return rundir.path
+
+
+def run_orders(env: SelfEditEnv, cfg: ContinualConfig, template: Template,
+               passages: list[int]) -> tuple[list[SequenceResult], str]:
+    """Every order of the config, each from the original weights, which are restored at the
+    end (bit-identical, checked); return the results and the restored checksum."""
     model = env.backend.model
     initial = env.base_checksum()
     # The original weights, to start each order from them and to restore them at the end.
@@ -255,13 +244,11 @@ def run_continual(cfg: ContinualConfig, *, env: SelfEditEnv | None = None,
     merging = MergingUpdate(env.update)
     rng = np.random.default_rng(cfg.seed)
     results: list[SequenceResult] = []
-
-    # 2. The orders, each from the original weights.
     env.update = merging
     try:
         for s in range(cfg.sequences):
             order = list(passages) if s == 0 else [int(x) for x in rng.permutation(passages)]
-            print(f"sequence {s}: {', '.join(corpus[p].id for p in order)}", flush=True)
+            print(f"sequence {s}: {', '.join(env.corpus[p].id for p in order)}", flush=True)
             results.append(run_sequence(env, merging, template, order, seed=cfg.seed,
                                         progress=cfg.progress))
             model.load_state_dict(snapshot)
@@ -273,10 +260,7 @@ def run_continual(cfg: ContinualConfig, *, env: SelfEditEnv | None = None,
     restored = env.base_checksum()
     if restored != initial:
         raise RuntimeError("continual mode could not restore the base weights bit-identically")
-
-    # 3. Outputs.
-    write_outputs(run_dir, cfg, results, template, restored_checksum=restored)
-    return run_dir
+    return results, restored
 
 
 def _mean_matrix(results: list[SequenceResult]) -> list[list[float | None]]:
@@ -307,47 +291,48 @@ def matrix_markdown(matrix: list[list[float | None]], labels: list[str]) -> str:
     return "\n".join(rows)
 
 
-def write_outputs(run_dir: Path, cfg: ContinualConfig, results: list[SequenceResult],
+def write_outputs(rundir: RunDir, cfg: ContinualConfig, results: list[SequenceResult],
                   template: Template, *, restored_checksum: str) -> None:
     first = results[0]
     mean = _mean_matrix(results)
     positions = [f"#{i}" for i in range(len(first.order))]
-    write_json_atomic(run_dir / "forgetting.json", {
+    summary = {k: float(np.mean([r.summary()[k] for r in results])) for k in first.summary()}
+    rundir.write_json("forgetting.json", {
         "template": template.to_dict(),
         "reward_grader": cfg.env.reward_grader,
         "rows": "after learning passage i (in the order of the sequence)",
         "columns": "accuracy on passage j <= i, no context, adapters merged",
         "sequences": [{**asdict(r), "summary": r.summary()} for r in results],
         "mean_matrix_by_position": mean,
-        "summary": {k: float(np.mean([r.summary()[k] for r in results]))
-                    for k in first.summary()},
+        "summary": summary,
         "restored_checksum": restored_checksum,
     })
-    _write_csv(run_dir / "forgetting.csv", first.matrix, first.passage_ids, first.passage_ids)
-    _write_csv(run_dir / "forgetting_mean.csv", mean, positions, positions)
+    _write_csv(rundir.path / "forgetting.csv", first.matrix, first.passage_ids,
+               first.passage_ids)
+    _write_csv(rundir.path / "forgetting_mean.csv", mean, positions, positions)
     text = [f"Forgetting matrix ({cfg.env.reward_grader}), first sequence:\n",
             matrix_markdown(first.matrix, first.passage_ids)]
     if len(results) > 1:
         text += [f"\nMean over {len(results)} orders, by position:\n",
                  matrix_markdown(mean, positions)]
-    (run_dir / "forgetting.md").write_text("\n".join(text) + "\n")
+    rundir.write_text("forgetting.md", "\n".join(text) + "\n")
     print("\n".join(text))
-    print(f"\nrun directory: {run_dir}")
-    if cfg.tensorboard:
-        from torch.utils.tensorboard import SummaryWriter
-
-        with SummaryWriter(str(run_dir / "tb")) as w:
-            for s, r in enumerate(results):
-                for i in range(len(r.order)):
-                    w.add_scalar(f"continual/seq{s}/just_learned", r.matrix[i][i], i)
-                    w.add_scalar(f"continual/seq{s}/first_passage", r.matrix[i][0], i)
-                    earlier = [v for v in r.matrix[i][:i] if v is not None]
-                    if earlier:
-                        w.add_scalar(f"continual/seq{s}/earlier_mean", float(np.mean(earlier)), i)
-                    if r.adapted[i] is not None:
-                        w.add_scalar(f"continual/seq{s}/self_edit_reward", r.adapted[i], i)
-            w.add_text("forgetting_matrix", "\n".join(text), 0)
-            w.add_figure("forgetting_matrix", _heatmap(mean, positions), 0)
+    print(f"\nrun directory: {rundir.path}")
+    w = rundir.writer()
+    if w is None:
+        return
+    for s, r in enumerate(results):
+        for i in range(len(r.order)):
+            w.add_scalar(f"continual/seq{s}/just_learned", r.matrix[i][i], i)
+            w.add_scalar(f"continual/seq{s}/first_passage", r.matrix[i][0], i)
+            earlier = [v for v in r.matrix[i][:i] if v is not None]
+            if earlier:
+                w.add_scalar(f"continual/seq{s}/earlier_mean", float(np.mean(earlier)), i)
+            if r.adapted[i] is not None:
+                w.add_scalar(f"continual/seq{s}/self_edit_reward", r.adapted[i], i)
+    w.add_text("forgetting_matrix", "\n".join(text), 0)
+    w.add_figure("forgetting_matrix", _heatmap(mean, positions), 0)
+    rundir.add_hparams(cfg.hparams(), {f"hparams/{k}": v for k, v in summary.items()})
 
 
 def _heatmap(matrix: list[list[float | None]], labels: list[str]) -> Any:

@@ -7,22 +7,18 @@ episode) is one env step with a stable key; a run directory records each finishe
 
 from __future__ import annotations
 
-import datetime as dt
-import json
-import platform
-import sys
+import contextlib
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from selfedit.agents.base import Agent
-from selfedit.agents.registry import check_agent_spec, make_agent
+from selfedit.agents.registry import check_agents, make_agent
 from selfedit.envs.backend import check_engine, check_model_source
-from selfedit.envs.config import ConfigError
 from selfedit.envs.corpus import Corpus
 from selfedit.envs.selfedit_env import SelfEditEnv, load_env_corpus, select_passages
 from selfedit.training.config import RunConfig, load_config
@@ -33,9 +29,13 @@ from selfedit.training.executor import (
     check_executor,
     make_executor,
 )
-from selfedit.training.runlog import RunLogger, completed_keys, read_steps
+from selfedit.training.jsonio import bound_record, write_json_atomic
+from selfedit.training.provenance import machine_description
+from selfedit.training.rundir import RunDir
+from selfedit.training.runlog import log_iteration, log_step
 
-__all__ = ["AgentSummary", "Episode", "plan_batches", "plan_episodes", "run", "summarize",
+__all__ = ["AgentSummary", "Episode", "iteration_record", "machine_description",
+           "missing_iterations", "plan_batches", "plan_episodes", "run", "summarize",
            "summary_table"]
 
 
@@ -122,15 +122,21 @@ def propose(agent: Agent, env: SelfEditEnv, block: list[Episode]) -> tuple[list[
     return actions, (time.perf_counter() - start) / len(block)
 
 
+@contextlib.contextmanager
+def _executor(cfg: RunConfig, given: Executor | None) -> Iterator[Executor]:
+    """The executor given (left open: its owner closes it), or one built and closed here."""
+    if given is not None:
+        yield given
+        return
+    executor = make_executor(cfg.executor, cfg.env)
+    try:
+        yield executor
+    finally:
+        executor.close()
+
+
 def _job(ep: Episode, action: Any = None) -> Job:
     return Job(action, ep.reset_seed, ep.passage_ids)
-
-
-def make_run_dir(cfg: RunConfig) -> Path:
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    run_dir = Path(cfg.output_dir) / f"{cfg.name}__{cfg.seed}__{stamp}"
-    run_dir.mkdir(parents=True, exist_ok=False)
-    return run_dir
 
 
 def _record(ep: Episode, reward: float, info: dict[str, Any], keep_text: bool) -> dict[str, Any]:
@@ -169,18 +175,20 @@ def run(
     resume: Path | None = None,
     env: SelfEditEnv | None = None,
     executor: Executor | None = None,
+    command: str | None = None,
+    at: Path | None = None,
 ) -> Path:
     """Run every agent of the config through the env; return the run directory.
 
+    ``resume`` continues that run directory (``cfg`` is then its own config); ``at`` runs in
+    a fixed directory, made if it is new and continued otherwise (the benchmark's ``run/``);
     ``env`` replaces the env built from ``cfg.env`` (Ray workers still build theirs from
     ``cfg.env``); ``executor`` replaces the one built from ``cfg.executor`` and is left open.
     """
     from tqdm.auto import tqdm
 
     # 1. Agent entries first: a bad one fails before the model loads.
-    names = [check_agent_spec(spec) for spec in cfg.agents]
-    if len(set(names)) != len(names):
-        raise ConfigError(f"agent names must be unique, got {names}; give each a 'name'")
+    names = check_agents(cfg.agents)
     if executor is None:
         check_executor(cfg.executor)  # Ray missing: one line, before any model loads
 
@@ -193,74 +201,77 @@ def run(
         corpus = load_env_corpus(cfg.env.corpus)
         select_passages(corpus, cfg.env.passages)  # the env selects again; this only checks
 
-    # 3. Run directory: new, or the one being resumed.
-    if resume is not None:
-        run_dir = Path(resume)
-        if not (run_dir / "config.yaml").is_file():
-            raise ConfigError(f"--resume {run_dir}: no config.yaml there; is it a run directory?")
+    # 3. Run directory: new, or the one being resumed. Its logs are read (and a last line
+    #    a kill left unterminated is repaired) once, here, before deciding what is done.
+    if at is not None:
+        rundir = RunDir.at(at, cfg, command=command)
+    elif resume is not None:
+        rundir = RunDir.resume(resume, cfg, command=command)
     else:
-        run_dir = make_run_dir(cfg)
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        (run_dir / "command.txt").write_text(" ".join(["selfedit", *sys.argv[1:]]) + "\n")
-    done = completed_keys(read_steps(run_dir / "steps.jsonl"))
+        rundir = RunDir.create(cfg, command=command)
+    steps = rundir.log("steps.jsonl", key="key")
+    iterations = rundir.log("iterations.jsonl")
 
-    # 4. Env: one model, shared by all agents.
-    env = env or SelfEditEnv(cfg.env, corpus=corpus)
-    agents: list[Agent] = [make_agent(spec, env) for spec in cfg.agents]
-    plan = plan_episodes(cfg, names, len(env.corpus))
-    todo = [ep for ep in plan if ep.key not in done]
+    try:
+        # 4. Env: one model, shared by all agents.
+        env = env or SelfEditEnv(cfg.env, corpus=corpus)
+        agents = dict(zip(names, [make_agent(spec, env) for spec in cfg.agents], strict=True))
+        plan = plan_episodes(cfg, names, len(env.corpus))
+        done = {ep.key for ep in plan if ep.key in steps}
+        print(f"run directory: {rundir.path}\nplan: {len(names)} agent(s) x {cfg.seeds} "
+              f"seed(s) x {len(plan) // (len(names) * cfg.seeds)} step(s) = {len(plan)} steps"
+              + (f", {len(done)} already done" if done else ""), flush=True)
 
-    # 5. The loop (agents resumed first: saved state, plus replay of steps it missed). An
-    #    agent proposes executor.batch steps, the executor evaluates them (here or on Ray
-    #    actors, issue 6), and the agent observes their results in plan order.
-    by_name = dict(zip(names, agents, strict=True))
-    finished = read_steps(run_dir / "steps.jsonl")
-    for name, agent in by_name.items():
-        restore_agent(agent, run_dir, [r for r in finished if r["agent"] == name])
-    history = {name: [r for r in finished if r["agent"] == name] for name in names}
-    owned = executor is None
-    executor = executor or make_executor(cfg.executor, cfg.env)
-    with RunLogger(run_dir, tensorboard=cfg.tensorboard) as log:
-        bar = tqdm(total=len(plan), initial=len(plan) - len(todo), disable=not cfg.progress,
-                   desc="steps", unit="step", dynamic_ncols=True)
-        try:
+        # 5. The loop. Agents resume first (saved state, plus replay of steps it missed), and
+        #    iteration records a kill lost are rebuilt from the step records (issue 13,
+        #    item 7). An agent proposes executor.batch steps, the executor evaluates them
+        #    (here or on Ray actors, issue 6), and the agent observes them in plan order.
+        history = {name: [r for r in steps if r.get("agent") == name] for name in names}
+        for name, agent in agents.items():
+            restore_agent(agent, rundir.path, name, history[name])
+        for record in missing_iterations(history, list(iterations), cfg.iteration_size):
+            log_iteration(rundir.writer(record["agent"]), iterations.append(record))
+        with _executor(cfg, executor) as ex:
+            bar = tqdm(total=len(plan), initial=len(done), disable=not cfg.progress,
+                       desc="steps", unit="step", dynamic_ncols=True)
             for block in plan_batches(plan, done, cfg.executor.batch):
-                agent = by_name[block[0].agent]
+                agent = agents[block[0].agent]
                 actions, act_s = propose(agent, env, block)
-                outcomes = executor.evaluate(
+                outcomes = ex.evaluate(
                     env, [_job(ep, a) for ep, a in zip(block, actions, strict=True)])
                 for ep, action, outcome in zip(block, actions, outcomes, strict=True):
-                    record = _observe(agent, ep, action, outcome, act_s, cfg)
-                    log.log_step(record)
+                    record = steps.append(_observe(agent, ep, action, outcome, act_s, cfg))
                     mine = history[ep.agent]
                     mine.append(record)
-                    save_agent(agent, run_dir, steps=len(mine))
+                    log_step(rundir.writer(ep.agent), len(mine) - 1, record)
+                    save_agent(agent, rundir.path, ep.agent, steps=len(mine))
                     if len(mine) % cfg.iteration_size == 0:
-                        log.log_iteration(iteration_record(ep.agent, mine, cfg.iteration_size))
+                        it = iteration_record(ep.agent, mine, cfg.iteration_size)
+                        log_iteration(rundir.writer(ep.agent), iterations.append(it))
                     bar.update(1)
-                    if cfg.progress:
-                        bar.write(_step_line(record))
-                    else:
-                        print(_step_line(record), flush=True)
-        finally:
-            if owned:
-                executor.close()
-        bar.close()
+                    (bar.write if cfg.progress else print)(_step_line(record))
+            bar.close()
 
-        # 6. Summary: table per agent over every record of the run (resumed ones included).
-        records = read_steps(run_dir / "steps.jsonl")
-        summaries = summarize(records, names)
+        # 6. Summary: table per agent over every record of the run (resumed ones
+        #    included), and each agent's config and final means in TensorBoard's HParams.
+        summaries = summarize(list(steps), names)
         table = summary_table(summaries, grader=cfg.env.reward_grader)
-        log.write_json("summary.json", {
+        rundir.write_json("summary.json", {
             "agents": [s.__dict__ for s in summaries],
             "reward_grader": cfg.env.reward_grader,
             "dtype": _precision(env),
             "machine": machine_description(),
         })
-        log.write_text("table.md", table + "\n")
+        rundir.write_text("table.md", table + "\n")
+        for s in summaries:
+            rundir.add_hparams({**cfg.hparams(), "agent": s.agent}, {
+                "hparams/reward": s.reward, "hparams/adapted_accuracy": s.adapted_accuracy,
+                "hparams/gain": s.gain, "hparams/invalid": s.invalid}, sub=s.agent)
+    finally:
+        rundir.close()
     print(table)
-    print(f"\nrun directory: {run_dir}")
-    return run_dir
+    print(f"\nrun directory: {rundir.path}")
+    return rundir.path
 
 
 def _observe(agent: Agent, ep: Episode, action: Any, outcome: StepOutcome, act_s: float,
@@ -275,7 +286,7 @@ def _observe(agent: Agent, ep: Episode, action: Any, outcome: StepOutcome, act_s
     counts = getattr(agent, "counts", None)
     if counts:
         record["agent_counts"] = dict(counts)
-    return record
+    return bound_record(record)  # a hostile action cannot make a 10 MB line (issue 13, 8)
 
 
 def iteration_record(agent: str, records: list[dict[str, Any]], size: int) -> dict[str, Any]:
@@ -299,6 +310,22 @@ def iteration_record(agent: str, records: list[dict[str, Any]], size: int) -> di
     return out
 
 
+def missing_iterations(history: dict[str, list[dict[str, Any]]],
+                       logged: list[dict[str, Any]], size: int) -> list[dict[str, Any]]:
+    """Iteration records the step records imply but ``iterations.jsonl`` lacks.
+
+    A kill between an agent's step line and its iteration line loses the iteration line;
+    it is a function of the step records, so a resumed run writes it again, identical.
+    """
+    have = {(r.get("agent"), r.get("iteration")) for r in logged}
+    out = []
+    for agent, records in history.items():
+        for i in range(len(records) // size):
+            if (agent, i) not in have:
+                out.append(iteration_record(agent, records[: (i + 1) * size], size))
+    return out
+
+
 _EMBEDDER: Any = None
 
 
@@ -312,28 +339,27 @@ def _collapse_embedder() -> Any:
     return _EMBEDDER
 
 
-def _state_path(run_dir: Path, agent: Agent) -> Path:
-    return run_dir / "state" / f"{agent.name}.json"
+def _state_path(run_dir: Path, name: str) -> Path:
+    return run_dir / "state" / f"{name}.json"  # a checked name: no separator, no '..'
 
 
-def save_agent(agent: Agent, run_dir: Path, *, steps: int) -> None:
+def save_agent(agent: Agent, run_dir: Path, name: str, *, steps: int) -> None:
     """Write the agent's state after its ``steps``-th step (atomic rename)."""
-    from selfedit.training.runlog import to_jsonable
-
-    path = _state_path(run_dir, agent)
+    path = _state_path(run_dir, name)
     path.parent.mkdir(exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(to_jsonable({"steps": steps, "state": agent.state_dict()})))
-    tmp.replace(path)
+    write_json_atomic(path, {"steps": steps, "state": agent.state_dict()}, indent=None)
 
 
-def restore_agent(agent: Agent, run_dir: Path, records: list[dict[str, Any]]) -> None:
+def restore_agent(agent: Agent, run_dir: Path, name: str,
+                  records: list[dict[str, Any]]) -> None:
     """Load the saved state, then let the agent observe any recorded step it missed.
 
     The step record is appended before the state is saved, so a kill between the two
     leaves the state one step behind; replaying ``observe`` on the record closes the gap.
     """
-    path = _state_path(run_dir, agent)
+    import json
+
+    path = _state_path(run_dir, name)
     seen = 0
     if path.is_file():
         saved = json.loads(path.read_text())
@@ -420,25 +446,7 @@ def _precision(env: Any) -> dict[str, Any] | None:
     return choice.to_dict() if choice is not None else None
 
 
-def machine_description() -> dict[str, Any]:
-    import os
-
-    import torch
-
-    from selfedit.envs.precision import machine_precision
-
-    return {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpus": os.cpu_count(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "precision": machine_precision(),
-        "time": time.strftime("%Y-%m-%d %H:%M:%S"),
-    }
-
-
 def load_run_config(run_dir: Path) -> RunConfig:
     """The resolved config of a run directory, validated like any config file."""
-    return load_config(Path(run_dir) / "config.yaml")
+    return load_config(RunDir.config_file(run_dir))
 

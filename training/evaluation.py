@@ -1,0 +1,227 @@
+"""Scoring templates with the env, each evaluation once: the cache policy training shares.
+
+An :class:`Evaluator` steps the env with one template on one passage (with
+``env.completions_per_passage`` completions) and records the outcome in an
+:class:`EvalCache` (``evaluations.jsonl``), keyed by everything that determines it: the env
+model's fingerprint, the env settings, the template, the passage text and the reset seed. The
+same key is the same deterministic env step, so a resumed run never repeats one, and every
+template meets the same completion and LoRA seeds on a passage (paired comparisons).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from selfedit.agents.fixed import HUMAN_BASELINES
+from selfedit.envs.selfedit_env import SelfEditEnv
+from selfedit.training.jsonio import JsonlLog, stable_hash
+from selfedit.training.policy import Sample, TemplatePolicy, canonical_json
+
+__all__ = ["EvalCache", "Evaluation", "Evaluator", "baseline_eval", "heldout_eval",
+           "heldout_table", "shorten"]
+
+
+class EvalCache:
+    """A map from an evaluation key to its record, kept in ``evaluations.jsonl``.
+
+    Each :meth:`put` writes one complete line and fsyncs it; the file is repaired once when
+    opened (:class:`~selfedit.training.jsonio.JsonlLog`). ``path=None`` keeps the records in
+    memory only. ``hits`` and ``misses`` count lookups of this process.
+    """
+
+    def __init__(self, path: Path | JsonlLog | None = None) -> None:
+        self._log = path if isinstance(path, JsonlLog) or path is None else JsonlLog(
+            path, key="key")
+        self._records: dict[str, dict[str, Any]] = {}
+        if self._log is not None:
+            self._records = {r["key"]: r for r in self._log if "key" in r}
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._records
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return iter(self._records.values())
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        record = self._records.get(key)
+        if record is None:
+            self.misses += 1
+        else:
+            self.hits += 1
+        return record
+
+    def put(self, record: dict[str, Any]) -> None:
+        """Store ``record`` (it must carry its ``key``) and write it to disk now."""
+        if self._log is not None:
+            record = self._log.append(record)
+        self._records[record["key"]] = record
+
+    def close(self) -> None:
+        if self._log is not None:
+            self._log.close()
+
+
+@dataclass
+class Evaluation:
+    """One template on one passage (M completions): an env step, or an invalid template."""
+
+    key: str
+    passage_index: int
+    passage_id: str
+    reset_seed: int
+    fingerprint: str  # the env model's weights the step ran with
+    template: str  # canonical JSON, or the raw reply of an invalid one
+    valid: bool
+    reward: float
+    accuracy: float | None = None
+    base_accuracy: float | None = None
+    gain: float | None = None
+    error: str | None = None
+    completions: list[dict[str, Any]] = field(default_factory=list)  # text, accuracy, gain
+    metrics: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> Evaluation:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in raw.items() if k in known})
+
+
+class Evaluator:
+    """Steps the env with a template on one passage; every result goes through the cache.
+
+    The key is (the env model's fingerprint, the env settings, the template, the passage's
+    text, the reset seed): the same key is the same deterministic env step, so it is run
+    once per run directory, killed runs included. The reset seed depends on the run seed and
+    the passage only, so every template of every iteration meets the same completion and
+    LoRA seeds on a passage: comparisons are paired.
+    """
+
+    def __init__(self, env: SelfEditEnv, cache: EvalCache, *, seed: int,
+                 progress: bool = True) -> None:
+        self.env = env
+        self.cache = cache
+        self.seed = seed
+        self.progress = progress
+        self.steps = 0  # env steps run by this process
+        settings = asdict(env.config)
+        for volatile in ("baseline_cache", "verify_base_every", "device"):
+            settings.pop(volatile, None)
+        self._settings = stable_hash(settings)
+
+    def reset_seed(self, passage_index: int) -> int:
+        return self.seed * 100_003 + passage_index
+
+    def evaluate(self, sample: Sample, passage_index: int) -> Evaluation:
+        env = self.env
+        passage = env.corpus[passage_index]
+        reset_seed = self.reset_seed(passage_index)
+        fingerprint = env.backend.fingerprint
+        key = stable_hash([fingerprint, self._settings, sample.text, passage.fingerprint,
+                           reset_seed], n=24)
+        if sample.template is None:
+            return Evaluation(key, passage_index, passage.id, reset_seed, fingerprint,
+                              sample.text, False, float(env.config.invalid_reward),
+                              error="the reply is not a valid template")
+        cached = self.cache.get(key)
+        if cached is not None:
+            return Evaluation.from_dict(cached)
+        start = time.perf_counter()
+        env.reset(seed=reset_seed, options={"passage_ids": [passage_index]})
+        _, reward, _, _, info = env.step(sample.template)
+        self.steps += 1
+        result = Evaluation(key, passage_index, passage.id, reset_seed, fingerprint,
+                            sample.text, True, float(reward), error=info.get("error"),
+                            seconds=time.perf_counter() - start)
+        if result.error is None:
+            result.accuracy = float(info["accuracy"])
+            result.base_accuracy = float(info["base_accuracy"])
+            result.gain = float(info["gain"])
+            result.metrics = dict(info["metrics"])
+            result.completions = [
+                {"completion": r["completion"], "accuracy": r["accuracy"],
+                 "base_accuracy": r["base_accuracy"], "gain": r["gain"]}
+                for r in info["results"]
+            ]
+        self.cache.put(result.to_dict())
+        if self.progress:
+            what = f"error: {result.error}" if result.error else (
+                f"reward {result.reward:.3f}  base {result.base_accuracy:.3f}")
+            print(f"  [{passage.id}] {what}  ({result.seconds:.1f}s)  {shorten(sample.text)}",
+                  flush=True)
+        return result
+
+
+def shorten(text: str, n: int = 70) -> str:
+    """``text`` on one line, at most ``n`` characters."""
+    text = " ".join(text.split())
+    return text if len(text) <= n else text[: n - 3] + "..."
+
+
+def heldout_eval(policy: TemplatePolicy, evaluator: Evaluator, passages: list[int], *,
+                 samples: int, seed: int) -> dict[str, Any]:
+    """The policy's greedy template and ``samples`` sampled ones on the held-out passages.
+
+    The sampling seed is the same after every iteration, so the held-out numbers of two
+    iterations differ by the policy only.
+    """
+    written = policy.sample(1, seed=seed, greedy=True)
+    if samples:
+        written += policy.sample(samples, seed=seed + 1)
+    rows = []
+    for i, sample in enumerate(written):
+        evs = [evaluator.evaluate(sample, p) for p in passages]
+        rows.append({"kind": "greedy" if i == 0 else "sampled", "template": sample.text,
+                     "valid": sample.valid, "reward": float(np.mean([e.reward for e in evs])),
+                     "per_passage": {e.passage_id: e.reward for e in evs}})
+    sampled = [r["reward"] for r in rows[1:]]
+    return {
+        "greedy": rows[0]["reward"],
+        "sampled_mean": float(np.mean(sampled)) if sampled else None,
+        "sampled_best": float(np.max(sampled)) if sampled else None,
+        "templates": rows,
+    }
+
+
+def baseline_eval(evaluator: Evaluator, passages: list[int], names: list[str]) -> dict[str, float]:
+    """Mean reward of each human baseline on the held-out passages (same seeds as the policy)."""
+    out = {}
+    for name in names:
+        sample = Sample(canonical_json(HUMAN_BASELINES[name]), HUMAN_BASELINES[name])
+        out[name] = float(np.mean([evaluator.evaluate(sample, p).reward for p in passages]))
+    return out
+
+
+def heldout_table(records: list[dict[str, Any]], baselines: list[str]) -> str:
+    """Markdown: held-out reward of the policy per iteration, with the baselines beside it.
+
+    Baselines measured once (with the initial model) are repeated on every row.
+    """
+    def cell(value: Any) -> str:
+        return "-" if value is None else f"{value:.3f}"
+
+    head = ("| iteration | policy greedy | policy sampled (mean) | policy sampled (best) | "
+            + " | ".join(baselines) + " |")
+    rows = [head, "|" + "---:|" * (4 + len(baselines))]
+    last_baselines: dict[str, float] = {}
+    for r in records:
+        last_baselines = r.get("baselines") or last_baselines
+        held = r.get("heldout") or {}
+        rows.append(f"| {r['iteration']} | {cell(held.get('greedy'))} | "
+                    f"{cell(held.get('sampled_mean'))} | {cell(held.get('sampled_best'))} | "
+                    + " | ".join(cell(last_baselines.get(b)) for b in baselines) + " |")
+    return "\n".join(rows)
