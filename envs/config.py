@@ -62,8 +62,10 @@ class EnvConfig:
                      "package), a records or SQuAD v1.1 .json file, a saved dataset "
                      "directory, or 'hf:<id>[:<split>]'")
     passages: str | list[int] | None = _f(None, "which passages of the corpus the env draws "
-                                          "from: a slice like '0:20', a list of indices, or "
-                                          "null for all")
+                                          "from: a slice like '0:20', a split name like "
+                                          "'heldout' or 'heldout[0:12]' (embedded corpus: "
+                                          "tune = 0-49, heldout = 50-99), a list of indices, "
+                                          "or null for all")
     passages_per_step: int = _f(1, "passages a template is scored on per step")
     completions_per_passage: int = _f(1, "independent completions of the instruction per "
                                       "passage (each trains its own adapter)")
@@ -163,6 +165,32 @@ class EnvConfig:
                 raise ConfigError(f"{name} must be a number of seconds > 0, got {value!r}")
         if self.verify_base_every < 0:
             raise ConfigError("verify_base_every must be >= 0")
+        # Issue 13, item 5: mistakes that would otherwise surface mid-run, as failed steps.
+        import math
+        import urllib.parse
+        from pathlib import Path
+
+        # Rewards are accuracies in [0, 1]: an invalid action must score below all of them.
+        if not (math.isfinite(self.invalid_reward) and self.invalid_reward < 0):
+            raise ConfigError("invalid_reward must be a finite number below 0 (every valid "
+                              "reward is an accuracy in [0, 1]), e.g. -0.1; got "
+                              f"{self.invalid_reward!r}")
+        if self.judge != "local":
+            try:
+                url = urllib.parse.urlsplit(self.judge)
+                ok = url.scheme in ("http", "https") and bool(url.hostname) and (
+                    url.port is None or url.port > 0)
+            except ValueError:  # a malformed host or port
+                ok = False
+            if not ok:
+                raise ConfigError("judge must be 'local' or an http(s) base URL with a host, "
+                                  f"e.g. https://api.openai.com/v1; got {self.judge[:200]!r}")
+        if self.baseline_cache not in (None, "auto"):
+            cache = Path(self.baseline_cache).expanduser()
+            if "\x00" in self.baseline_cache or (cache.exists() and not cache.is_dir()):
+                raise ConfigError(f"baseline_cache {self.baseline_cache[:200]!r} is not a "
+                                  "directory path: give a directory, 'auto' or null (memory "
+                                  "only)")
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], *, where: str = "env") -> EnvConfig:
