@@ -10,6 +10,11 @@ plus the LoRA hyperparameters used to train on those sequences. On the wire it i
                          "gradient_accumulation_steps": 1},
      "include_passage": true}
 
+A template may name its update operator (issue 16): ``"update_operator": "lora"`` (the
+default), ``"full"`` (full fine-tuning) or ``"svd"`` (singular-value scales, Transformer²),
+each with its own hyperparameters (:class:`Hyperparameters`, :class:`FullHyperparameters`,
+:class:`SVDHyperparameters`) validated against its own ranges.
+
 LLMs wrap JSON in code fences, ``<think>`` blocks and prose; :func:`parse_template` digs the
 object out. Every problem raises :class:`TemplateError` with a message that says what to fix;
 the env turns it into ``info["error"]`` and a penalty reward.
@@ -33,13 +38,14 @@ import numbers
 import re
 from bisect import bisect_left
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from itertools import islice, repeat
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal, Self
 
 import numpy as np
 
 __all__ = [
+    "FULL_HP_RANGES",
     "HP_RANGES",
     "MAX_ACTION_CHARS",
     "MAX_IGNORED_KEYS",
@@ -48,10 +54,18 @@ __all__ = [
     "MAX_KEY_CHARS",
     "MAX_NAME_CHARS",
     "MAX_SCAN_TOKENS",
+    "OPERATOR_HYPERPARAMETERS",
+    "OPERATOR_NAMES",
+    "SVD_HP_RANGES",
+    "FullHyperparameters",
     "Hyperparameters",
+    "OperatorHyperparameters",
+    "SVDHyperparameters",
     "Template",
     "TemplateError",
     "extract_json",
+    "hyperparameters_class",
+    "operator_name",
     "parse_template",
     "strip_think",
 ]
@@ -103,44 +117,66 @@ HP_RANGES: dict[str, tuple[float, float]] = {
     "num_epochs": (0, 50),  # 0 = no training: the adapted model is the base model
     "gradient_accumulation_steps": (1, 64),
 }
-_INT_KEYS = {"lora_rank", "num_epochs", "gradient_accumulation_steps"}
+# Full fine-tuning moves every trained weight, so its learning rates sit 10-100x below
+# LoRA's (a pretrained LM diverges within a few AdamW steps at 1e-3; issue 16).
+FULL_HP_RANGES: dict[str, tuple[float, float]] = {
+    "learning_rate": (1e-7, 1e-3),
+    "num_epochs": (0, 50),
+    "gradient_accumulation_steps": (1, 64),
+    "last_layers": (0, 1024),  # train the last N decoder blocks only; 0 = every parameter
+}
+# Singular-value fine-tuning (Transformer²) trains one scale per singular value, initialised
+# to 1: a step of 1e-2 rescales a singular value by ~1%, so its rates sit above LoRA's.
+SVD_HP_RANGES: dict[str, tuple[float, float]] = {
+    "learning_rate": (1e-5, 0.5),
+    "num_epochs": (0, 50),
+    "gradient_accumulation_steps": (1, 64),
+    "svd_components": (0, 65536),  # leading singular values adapted per matrix; 0 = all
+}
+_INT_KEYS = {"lora_rank", "num_epochs", "gradient_accumulation_steps", "last_layers",
+             "svd_components"}
 _POLICIES = ("reject", "clamp")
 
 
-@dataclass(frozen=True)
-class Hyperparameters:
-    """LoRA hyperparameters of a self-edit. Defaults are SEAL's (arXiv 2506.10943, sec. 4).
+class OperatorHyperparameters:
+    """What every update operator's hyperparameters share (issue 16).
 
-    Built in Python, every field is checked against :data:`HP_RANGES` and stored as a plain
-    ``int`` or ``float`` (numpy scalars are accepted as the number they hold; booleans, text,
-    NaN and infinity are not numbers here).
+    Each subclass is a frozen dataclass naming its operator (``OPERATOR``) and the valid range
+    of every field (``RANGES``). All of them carry the three settings the training loop reads:
+    ``learning_rate``, ``num_epochs`` (0 = no training) and ``gradient_accumulation_steps``.
+    Built in Python, every field is checked against ``RANGES`` and stored as a plain ``int``
+    or ``float`` (numpy scalars are accepted as the number they hold; booleans, text, NaN and
+    infinity are not numbers here).
     """
 
-    lora_rank: int = 32
-    lora_alpha: float = 64.0
-    lora_dropout: float = 0.0
-    learning_rate: float = 1e-3
-    num_epochs: int = 10
-    gradient_accumulation_steps: int = 1
+    OPERATOR: ClassVar[str] = ""
+    RANGES: ClassVar[dict[str, tuple[float, float]]] = {}
+
+    learning_rate: float
+    num_epochs: int
+    gradient_accumulation_steps: int
 
     def __post_init__(self) -> None:
         # Objects built in Python get the same checks as JSON from an agent, and store the
         # checked value: np.int64(8) becomes 8, so equality, hashing and JSON logs agree.
-        for key in HP_RANGES:
-            value = _check_number(key, getattr(self, key), "reject", {}, allow_text=False)
+        for key in self.RANGES:
+            value = _check_number(key, getattr(self, key), "reject", {}, allow_text=False,
+                                  ranges=self.RANGES)
             object.__setattr__(self, key, value)
 
     @classmethod
     def from_dict(
         cls, raw: Any, *, policy: Literal["reject", "clamp"] = "reject"
-    ) -> tuple[Hyperparameters, dict[str, Any]]:
-        """Validate raw hyperparameters (a mapping, a ``Hyperparameters``, or None).
+    ) -> tuple[Self, dict[str, Any]]:
+        """Validate raw hyperparameters (a mapping, a hyperparameters object, or None).
 
         Returns the hyperparameters and a report with ``defaults_used`` (missing keys),
         ``ignored_keys`` (unknown keys: at most :data:`MAX_IGNORED_KEYS`, each cut to
         :data:`MAX_KEY_CHARS` characters), ``clamped`` (key -> (given, used)) and
         ``truncated`` (what the caps cut from the report, in words). Numbers written as text
-        (``"1e-3"``, as LLMs often quote them) are read as numbers.
+        (``"1e-3"``, as LLMs often quote them) are read as numbers. Another operator's
+        hyperparameters object is read as the mapping of its fields (keys this operator does
+        not know are reported as ignored).
 
         >>> hp, report = Hyperparameters.from_dict({"lora_rank": 8, "epochs": 3})
         >>> hp.lora_rank, report["ignored_keys"]
@@ -150,29 +186,112 @@ class Hyperparameters:
         ... except TemplateError as err:
         ...     print(err)
         lora_rank must be between 1 and 256, got 4096
+        >>> SVDHyperparameters.from_dict({"learning_rate": 0.05})[0].learning_rate
+        0.05
         """
-        hp, report, ignored = _hyperparameters(raw, policy)
+        hp, report, ignored = _hyperparameters(raw, policy, cls)
         _finish_report(report, ignored)
         return hp, report
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        return {f.name: getattr(self, f.name) for f in fields(self)}  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class Hyperparameters(OperatorHyperparameters):
+    """LoRA hyperparameters of a self-edit. Defaults are SEAL's (arXiv 2506.10943, sec. 4).
+
+    Ranges: :data:`HP_RANGES`. The hyperparameters of the ``lora`` operator (the default).
+    """
+
+    OPERATOR = "lora"
+    RANGES = HP_RANGES
+
+    lora_rank: int = 32
+    lora_alpha: float = 64.0
+    lora_dropout: float = 0.0
+    learning_rate: float = 1e-3
+    num_epochs: int = 10
+    gradient_accumulation_steps: int = 1
+
+
+@dataclass(frozen=True)
+class FullHyperparameters(OperatorHyperparameters):
+    """Full fine-tuning hyperparameters (the ``full`` operator). Ranges: :data:`FULL_HP_RANGES`.
+
+    ``last_layers``: train only the last N decoder blocks (with the final norm); 0 trains every
+    parameter the operator may train (``EnvConfig.full_parameters``), embeddings included.
+
+    >>> FullHyperparameters(learning_rate=3e-5, last_layers=4).to_dict()["last_layers"]
+    4
+    """
+
+    OPERATOR = "full"
+    RANGES = FULL_HP_RANGES
+
+    learning_rate: float = 1e-5
+    num_epochs: int = 5
+    gradient_accumulation_steps: int = 1
+    last_layers: int = 0
+
+
+@dataclass(frozen=True)
+class SVDHyperparameters(OperatorHyperparameters):
+    """Singular-value hyperparameters (the ``svd`` operator, Transformer²). Ranges:
+    :data:`SVD_HP_RANGES`.
+
+    ``svd_components``: how many leading singular values of each target matrix get a
+    trainable scale (0 = all of them); fewer is cheaper and changes the model less.
+    """
+
+    OPERATOR = "svd"
+    RANGES = SVD_HP_RANGES
+
+    learning_rate: float = 1e-2
+    num_epochs: int = 10
+    gradient_accumulation_steps: int = 1
+    svd_components: int = 0
+
+
+# Operator name -> its hyperparameters class; the names a template's "update_operator" takes.
+OPERATOR_HYPERPARAMETERS: dict[str, type[OperatorHyperparameters]] = {
+    "lora": Hyperparameters,
+    "full": FullHyperparameters,
+    "svd": SVDHyperparameters,
+}
+OPERATOR_NAMES: tuple[str, ...] = tuple(OPERATOR_HYPERPARAMETERS)
+
+
+def hyperparameters_class(operator: str | None) -> type[OperatorHyperparameters]:
+    """The hyperparameters class of an operator name (None: LoRA's, the default).
+
+    >>> hyperparameters_class("svd").__name__
+    'SVDHyperparameters'
+    """
+    if operator is None:
+        return Hyperparameters
+    try:
+        return OPERATOR_HYPERPARAMETERS[operator]
+    except KeyError:
+        raise TemplateError(
+            f"update_operator must be one of {', '.join(OPERATOR_NAMES)}, got {_quote(operator)}"
+        ) from None
 
 
 def _hyperparameters(
-    raw: Any, policy: str
-) -> tuple[Hyperparameters, dict[str, Any], _KeyList]:
+    raw: Any, policy: str, cls: type[OperatorHyperparameters] = Hyperparameters
+) -> tuple[Any, dict[str, Any], _KeyList]:
     if policy not in _POLICIES:
         raise ValueError(f"policy must be 'reject' or 'clamp', got {_quote(policy)}")
     if raw is None:
         raw = {}
-    elif isinstance(raw, Hyperparameters):
+    elif isinstance(raw, OperatorHyperparameters):
         # Re-validated from its fields: an object altered after construction (for example
         # with object.__setattr__) meets the same checks and policy as JSON.
-        raw = {f.name: getattr(raw, f.name) for f in fields(Hyperparameters)}
+        raw = {f.name: getattr(raw, f.name) for f in fields(raw)}  # type: ignore[arg-type]
     if not isinstance(raw, Mapping):
         raise TemplateError(f"hyperparameters must be a JSON object, got {type(raw).__name__}")
-    known = set(HP_RANGES)
+    known = set(cls.RANGES)
     clamped: dict[str, Any] = {}
     report: dict[str, Any] = {
         "defaults_used": sorted(k for k in known if k not in raw),
@@ -180,20 +299,22 @@ def _hyperparameters(
         "clamped": clamped,
         "truncated": [],
     }
-    values = {key: _check_number(key, raw[key], policy, clamped) for key in sorted(known)
-              if key in raw}
+    values = {key: _check_number(key, raw[key], policy, clamped, ranges=cls.RANGES)
+              for key in sorted(known) if key in raw}
     ignored = _KeyList()
     ignored.add_unknown(raw, known)
-    return Hyperparameters(**values), report, ignored
+    return cls(**values), report, ignored
 
 
 def _check_number(
-    key: str, value: Any, policy: str, clamped: dict[str, Any], *, allow_text: bool = True
+    key: str, value: Any, policy: str, clamped: dict[str, Any], *, allow_text: bool = True,
+    ranges: Mapping[str, tuple[float, float]] = HP_RANGES,
 ) -> int | float:
     """The value of hyperparameter ``key`` as an int or float in range, or a TemplateError.
 
     ``allow_text``: read a number written as text (``"1e-3"``); the JSON wire form allows it
     because LLMs quote numbers, the Python constructor does not (a string there is a bug).
+    ``ranges``: the operator's valid ranges (LoRA's by default).
     """
     if isinstance(value, str):
         if not allow_text:
@@ -219,7 +340,7 @@ def _check_number(
         value = float(value) if abs(value) < 10**308 else math.inf if value > 0 else -math.inf
     if isinstance(value, float) and not math.isfinite(value):
         raise TemplateError(f"{key} must be a finite number, got {value}")
-    low, high = HP_RANGES[key]
+    low, high = ranges[key]
     if key in _INT_KEYS:
         if value != int(value):
             raise TemplateError(f"{key} must be a whole number, got {value}")
@@ -238,7 +359,7 @@ def _check_number(
 
 @dataclass(frozen=True)
 class Template:
-    """A self-edit template: an instruction the model completes per passage, plus LoRA settings.
+    """A self-edit template: an instruction the model completes per passage, plus how to train.
 
     Args:
         data_creation_instruction: passage-agnostic instruction; the env shows the model the
@@ -246,19 +367,32 @@ class Template:
             May be empty only when ``include_passage`` is true (train on the passage alone)
             or when ``num_epochs`` is 0 (no training). At most
             :data:`MAX_INSTRUCTION_CHARS` characters.
-        hyperparameters: LoRA settings for the update.
+        hyperparameters: settings of the update: :class:`Hyperparameters` (LoRA, the default),
+            :class:`FullHyperparameters` or :class:`SVDHyperparameters`; None = the
+            defaults of the template's operator.
         include_passage: also train on the passage itself (SEAL's "passage + synthetic").
         name: optional label for tables and logs, at most :data:`MAX_NAME_CHARS` characters
             (:meth:`from_dict` cuts a longer one and reports it).
+        update_operator: which update operator trains on the sequences (issue 16): ``"lora"``,
+            ``"full"`` or ``"svd"`` (:data:`OPERATOR_NAMES`); None = the env's
+            ``default_operator``. Hyperparameters of another operator than LoRA name their
+            operator themselves: ``Template("...", SVDHyperparameters())`` is an ``svd``
+            template.
 
     Every field is checked here; the env re-validates a Template it receives through
     :meth:`from_dict` anyway, so one altered after construction gains nothing.
+
+    >>> Template("List facts.", SVDHyperparameters()).update_operator
+    'svd'
+    >>> Template("List facts.", update_operator="full").hyperparameters.learning_rate
+    1e-05
     """
 
     data_creation_instruction: str
-    hyperparameters: Hyperparameters = field(default_factory=Hyperparameters)
+    hyperparameters: OperatorHyperparameters = None  # type: ignore[assignment]
     include_passage: bool = False
     name: str | None = None
+    update_operator: str | None = None
 
     def __post_init__(self) -> None:
         instruction = self.data_creation_instruction
@@ -280,11 +414,25 @@ class Template:
             ) from None
         # A str subclass (numpy's str_, or one overriding methods) becomes a plain str.
         object.__setattr__(self, "data_creation_instruction", str.__str__(instruction))
-        if not isinstance(self.hyperparameters, Hyperparameters):
+        operator = operator_name(self.update_operator)
+        hp = self.hyperparameters
+        if hp is None:
+            hp = hyperparameters_class(operator)()
+        if not isinstance(hp, OperatorHyperparameters):
             raise TemplateError(
                 "hyperparameters must be a Hyperparameters object, got"
-                f" {type(self.hyperparameters).__name__} (Template.from_dict reads a dict)"
+                f" {type(hp).__name__} (Template.from_dict reads a dict)"
             )
+        if operator is None and not isinstance(hp, Hyperparameters):
+            operator = hp.OPERATOR  # full or svd settings name their operator
+        if operator is not None and type(hp) is not OPERATOR_HYPERPARAMETERS[operator]:
+            raise TemplateError(
+                f"a template with update_operator {operator!r} takes"
+                f" {OPERATOR_HYPERPARAMETERS[operator].__name__}, got {type(hp).__name__}"
+                " (Template.from_dict converts a dict)"
+            )
+        object.__setattr__(self, "hyperparameters", hp)
+        object.__setattr__(self, "update_operator", operator)
         if not isinstance(self.include_passage, (bool, np.bool_)):
             raise TemplateError(
                 f"include_passage must be true or false, got {_quote(self.include_passage)}"
@@ -326,6 +474,8 @@ class Template:
             "hyperparameters": self.hyperparameters.to_dict(),
             "include_passage": self.include_passage,
         }
+        if self.update_operator is not None:
+            out["update_operator"] = self.update_operator
         if self.name:
             # The cap holds even for a name set behind the constructor's back.
             out["name"] = _clip_text(self.name, MAX_NAME_CHARS)[0]
@@ -337,7 +487,8 @@ class Template:
 
     @classmethod
     def from_dict(
-        cls, raw: Any, *, policy: Literal["reject", "clamp"] = "reject"
+        cls, raw: Any, *, policy: Literal["reject", "clamp"] = "reject",
+        default_operator: str | None = None,
     ) -> tuple[Template, dict[str, Any]]:
         """Build a template from a parsed JSON object (or a Template); returns it with the report.
 
@@ -345,9 +496,19 @@ class Template:
         added to ``ignored_keys`` (a ``name`` that is not a string is one of them) and a note
         in ``truncated`` when the name was cut to :data:`MAX_NAME_CHARS` characters.
 
+        The operator is the template's ``update_operator``, else the one its hyperparameters
+        object names (a Template built with :class:`SVDHyperparameters`), else
+        ``default_operator`` (the env passes its ``default_operator``; None leaves the
+        template's operator unset, validated as LoRA). Its hyperparameters class validates
+        ``hyperparameters``.
+
         >>> t, report = Template.from_dict({"instruction": "List facts.", "name": "n" * 500})
         >>> len(t.name), report["truncated"]
         (200, ['name: cut from 500 to 200 characters'])
+        >>> t, _ = Template.from_dict({"instruction": "List facts.", "update_operator": "svd",
+        ...                            "hyperparameters": {"learning_rate": 0.02}})
+        >>> t.update_operator, t.hyperparameters.learning_rate
+        ('svd', 0.02)
         """
         if isinstance(raw, Template):
             raw = _template_fields(raw)
@@ -366,12 +527,19 @@ class Template:
             raise TemplateError(
                 f"data_creation_instruction must be a string, got {type(instruction).__name__}"
             )
-        hp, report, ignored = _hyperparameters(raw.get("hyperparameters"), policy)
+        operator = operator_name(raw.get("update_operator"))
+        raw_hp = raw.get("hyperparameters")
+        if (operator is None and isinstance(raw_hp, OperatorHyperparameters)
+                and not isinstance(raw_hp, Hyperparameters)):
+            operator = raw_hp.OPERATOR
+        if operator is None:
+            operator = operator_name(default_operator)
+        hp, report, ignored = _hyperparameters(raw_hp, policy, hyperparameters_class(operator))
         include = raw.get("include_passage", False)
         if not isinstance(include, (bool, np.bool_)):
             raise TemplateError(f"include_passage must be true or false, got {_quote(include)}")
         known = {"data_creation_instruction", "instruction", "hyperparameters",
-                 "include_passage", "name"}
+                 "include_passage", "name", "update_operator"}
         ignored.add_unknown(raw, known)
         name = raw.get("name")
         if name is not None and not isinstance(name, str):
@@ -384,8 +552,27 @@ class Template:
                     f"name: cut from {len(raw['name'])} to {MAX_NAME_CHARS} characters"
                 )
         _finish_report(report, ignored)
-        template = cls(instruction, hp, include_passage=bool(include), name=name)
+        template = cls(instruction, hp, include_passage=bool(include), name=name,
+                       update_operator=operator)
         return template, report
+
+
+def operator_name(value: Any) -> str | None:
+    """An ``update_operator`` value as a known operator name (case and spaces forgiven).
+
+    >>> operator_name(" LoRA "), operator_name(None)
+    ('lora', None)
+    """
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise TemplateError(f"update_operator must be one of {', '.join(OPERATOR_NAMES)}, got"
+                            f" {type(value).__name__}")
+    name = value.strip().lower()
+    if name not in OPERATOR_HYPERPARAMETERS:
+        raise TemplateError(f"update_operator must be one of {', '.join(OPERATOR_NAMES)}, got"
+                            f" {_quote(value)}")
+    return name
 
 
 def _template_fields(template: Template) -> dict[str, Any]:
@@ -819,6 +1006,7 @@ def parse_template(
     action: str | Mapping[str, Any] | Template,
     *,
     policy: Literal["reject", "clamp"] = "reject",
+    default_operator: str | None = None,
 ) -> tuple[Template, dict[str, Any]]:
     """Turn an action (JSON text, a dict, or a Template) into a validated Template.
 
@@ -832,4 +1020,4 @@ def parse_template(
     """
     if isinstance(action, str):
         action = extract_json(action, want=dict)
-    return Template.from_dict(action, policy=policy)
+    return Template.from_dict(action, policy=policy, default_operator=default_operator)
