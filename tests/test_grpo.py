@@ -54,7 +54,8 @@ def _env(backend, cfg) -> SelfEditEnv:
 
 
 def test_grpo_self_mode_updates_the_policy_and_the_env_follows(tiny_backend, tmp_path):
-    cfg = _cfg(tmp_path)
+    # TRL keys the runner also sets take the user's values (they used to crash GRPOConfig).
+    cfg = _cfg(tmp_path, trl={"logging_steps": 1, "report_to": "none"})
     env = _env(tiny_backend, cfg)
     before = env.base_checksum()
     run_dir = train_grpo(cfg, env=env)
@@ -78,6 +79,7 @@ def test_grpo_self_mode_updates_the_policy_and_the_env_follows(tiny_backend, tmp
     env_events.Reload()
     assert "env/reward_mean" in env_events.Tags()["scalars"]
     assert "env/reward_distribution" in env_events.Tags()["histograms"]
+    assert "_hparams_/session_start_info" in env_events.PluginTagToContent("hparams")
 
 
 def test_grpo_separate_mode_full_weights(tiny_backend, smol_tokenizer, tmp_path):
@@ -126,3 +128,61 @@ def test_shipped_grpo_configs_load():
     gpu = load_train_config(repo / "configs" / "grpo_gpu.yaml")
     assert isinstance(cpu, GRPORunConfig) and isinstance(gpu, GRPORunConfig)
     assert gpu.use_vllm and not cpu.use_vllm
+
+
+def test_trl_keys_override_the_runners_values(tmp_path):
+    from trl import GRPOConfig
+
+    from selfedit.training.grpo import check_trl_arguments, trl_arguments
+
+    cfg = _cfg(tmp_path, trl={"logging_steps": 3, "report_to": "tensorboard",
+                              "learning_rate": 0.5, "loss_type": "grpo"})
+    args = trl_arguments(cfg, str(tmp_path / "trainer"), use_cpu=True)
+    assert (args["logging_steps"], args["report_to"], args["learning_rate"]) == (
+        3, "tensorboard", 0.5)
+    assert args["num_generations"] == cfg.num_generations  # the rest stays the runner's
+    check_trl_arguments(cfg, use_cpu=True)
+    assert GRPOConfig(**args).logging_steps == 3
+    with pytest.raises(ConfigError, match="unknown key 'trl.loging_steps'; did you mean"):
+        check_trl_arguments(_cfg(tmp_path, trl={"loging_steps": 3}), use_cpu=True)
+    with pytest.raises(ConfigError, match="trl.output_dir: the run directory holds"):
+        _cfg(tmp_path, trl={"output_dir": "/elsewhere"})
+
+
+def test_trl_report_to_wandb_without_wandb_fails_before_the_run_directory(tiny_backend,
+                                                                            tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("wandb") is not None:
+        pytest.skip("wandb is installed here")
+    cfg = _cfg(tmp_path, trl={"report_to": "wandb"})
+    with pytest.raises(ConfigError, match="needs the wandb package: pip install wandb"):
+        train_grpo(cfg, env=_env(tiny_backend, cfg))
+    assert not (tmp_path / "out").exists()
+
+
+def test_public_reward_function_for_any_trl_trainer(tiny_backend, tmp_path):
+    import inspect
+
+    from selfedit.training import reward_function
+
+    env = _env(tiny_backend, _cfg(tmp_path))
+    opener = '{"data_creation_instruction": "'
+    reward = reward_function(env, passages=[0, 1], prefix=opener)
+    ok = 'List facts.", "include_passage": true}'
+    # Exactly how GRPOTrainer calls a reward function: keywords, dataset columns included.
+    rewards = reward(prompts=["p"] * 3, completions=[ok, ok, '", 7]'],
+                     completion_ids=[[1], [1], [1]], trainer_state=None, other_column=[1, 2, 3])
+    assert rewards[0] == rewards[1] and 0.0 <= rewards[0] <= 1.0
+    assert rewards[2] == env.config.invalid_reward
+    chat = reward(prompts=["p"], completions=[[{"role": "assistant", "content": ok}]],
+                  passage_ids=[[0, 1]])
+    assert chat == rewards[:1]  # conversational completions, passages from a column: cached
+    assert reward.__name__ == "env_reward"
+    assert {"prompts", "completions", "kwargs"} <= set(inspect.signature(reward).parameters)
+    with pytest.raises(ValueError, match="passages_per_step=1"):
+        reward_function(SelfEditEnv(backend=tiny_backend, passages_per_step=2,
+                                    baseline_cache=None))
+    gain = reward_function(env, passages=[0], prefix=opener, metric="gain")
+    (value,) = gain(prompts=["p"], completions=[ok])
+    assert -1.0 <= value <= 1.0

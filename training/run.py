@@ -228,7 +228,8 @@ def run(
         #    (here or on Ray actors, issue 6), and the agent observes them in plan order.
         history = {name: [r for r in steps if r.get("agent") == name] for name in names}
         for name, agent in agents.items():
-            restore_agent(agent, rundir.path, name, history[name])
+            if restore_agent(agent, rundir.path, name, history[name]):  # replayed: save now
+                save_agent(agent, rundir.path, name, steps=len(history[name]))
         for record in missing_iterations(history, list(iterations), cfg.iteration_size):
             log_iteration(rundir.writer(record["agent"]), iterations.append(record))
         with _executor(cfg, executor) as ex:
@@ -351,8 +352,9 @@ def save_agent(agent: Agent, run_dir: Path, name: str, *, steps: int) -> None:
 
 
 def restore_agent(agent: Agent, run_dir: Path, name: str,
-                  records: list[dict[str, Any]]) -> None:
-    """Load the saved state, then let the agent observe any recorded step it missed.
+                  records: list[dict[str, Any]]) -> int:
+    """Load the saved state, then let the agent observe any recorded step it missed; return
+    how many it replayed.
 
     The step record is appended before the state is saved, so a kill between the two
     leaves the state one step behind; replaying ``observe`` on the record closes the gap.
@@ -367,6 +369,7 @@ def restore_agent(agent: Agent, run_dir: Path, name: str,
         seen = saved["steps"]
     for record in records[seen:]:
         agent.observe(record.get("template"), record["reward"], record)
+    return len(records[seen:])
 
 
 @dataclass
