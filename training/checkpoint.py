@@ -9,8 +9,8 @@
 - :func:`rng_state` / :func:`set_rng_state`: Python, NumPy and torch generators as JSON.
 - Weight plumbing shared by ReST-EM, GRPO and continual mode: :func:`lora_merged_weights`
   (the effective weights of LoRA-wrapped modules), :func:`copy_policy_weights` (a policy,
-  LoRA merged, into another model's storage), :func:`rebase_env` (the env's caches and
-  checks follow new base weights).
+  LoRA merged, into another model's storage). After such a change the env's caches follow
+  the new weights through its public ``env.rebase()``.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ __all__ = [
     "copy_policy_weights",
     "latest_checkpoint",
     "lora_merged_weights",
-    "rebase_env",
     "rng_state",
     "set_rng_state",
     "write_checkpoint",
@@ -162,17 +161,3 @@ def copy_policy_weights(policy: torch.nn.Module, target: torch.nn.Module) -> Non
     if unexpected or [m for m in missing if not m.endswith("lm_head.weight")]:
         raise RuntimeError(f"policy and target models differ: missing {missing[:3]},"
                            f" unexpected {unexpected[:3]}")
-
-
-def rebase_env(env: Any, tag: str | None = None) -> str:
-    """Make the env treat its model's current weights as the base; return the fingerprint.
-
-    After a policy update in self mode the env's base model changed on purpose: its baseline
-    cache key (``backend.fingerprint``) and, when ``verify_base_every`` is on, the checksum it
-    compares against must follow, or stale baselines are served and the check fires.
-    """
-    fingerprint = env.backend.refresh(tag)
-    if getattr(env.config, "verify_base_every", 0):
-        # The env keeps the checksum privately; there is no public setter yet (issue 4 note).
-        env._base_checksum = env.base_checksum()
-    return fingerprint

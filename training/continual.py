@@ -38,7 +38,7 @@ from selfedit.envs.backend import check_model_source, refuse_weight_updates
 from selfedit.envs.config import ConfigError
 from selfedit.envs.selfedit_env import SelfEditEnv, load_env_corpus
 from selfedit.envs.templates import Hyperparameters, Template, TemplateError
-from selfedit.training.checkpoint import lora_merged_weights, rebase_env
+from selfedit.training.checkpoint import lora_merged_weights
 from selfedit.training.experiment import ExperimentConfig, load_experiment, param
 from selfedit.training.policy_config import resolve_passages
 from selfedit.training.rundir import RunDir
@@ -200,7 +200,7 @@ def run_sequence(env: SelfEditEnv, merging: MergingUpdate, template: Template,
         errors.append(step["error"])
         adapted.append(None if step["error"] else step["reward"])
         changed = merging.merge(model) if step["error"] is None else 0
-        fingerprints.append(rebase_env(env))  # a real hash: the baselines follow the weights
+        fingerprints.append(env.rebase())  # a real hash: the baselines follow the weights
         say(f"after {ids[i]}: self-edit reward {step['reward']:.3f}, merged {changed} modules"
             + (f" (error: {step['error']})" if step["error"] else ""))
         for j in range(i + 1):
@@ -252,11 +252,11 @@ def run_orders(env: SelfEditEnv, cfg: ContinualConfig, template: Template,
             results.append(run_sequence(env, merging, template, order, seed=cfg.seed,
                                         progress=cfg.progress))
             model.load_state_dict(snapshot)
-            rebase_env(env)
+            env.rebase()
     finally:
         env.update = merging.inner
         model.load_state_dict(snapshot)
-        rebase_env(env)
+        env.rebase()
     restored = env.base_checksum()
     if restored != initial:
         raise RuntimeError("continual mode could not restore the base weights bit-identically")

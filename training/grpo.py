@@ -38,7 +38,7 @@ from selfedit.envs import prompts
 from selfedit.envs.backend import HFBackend
 from selfedit.envs.config import ConfigError
 from selfedit.envs.selfedit_env import SelfEditEnv
-from selfedit.training.checkpoint import copy_policy_weights, rebase_env
+from selfedit.training.checkpoint import copy_policy_weights
 from selfedit.training.evaluation import (
     EvalCache,
     Evaluator,
@@ -227,7 +227,7 @@ def train_grpo(cfg: GRPORunConfig, *, resume: Path | None = None, env: SelfEditE
             if cfg.mode != "self" or step == state["synced"]:
                 return
             copy_policy_weights(trainer.model, env.backend.model)
-            rebase_env(env, tag=f"{rundir.path.name}-step{step}")
+            env.rebase(tag=f"{rundir.path.name}-step{step}")
             state["synced"] = step
 
         reward = EnvReward(evaluator, metric=cfg.reward, prefix=prefix, before_call=sync,

@@ -18,7 +18,6 @@ from selfedit.envs import prompts
 from selfedit.envs.backend import HFBackend
 from selfedit.envs.selfedit_env import SelfEditEnv
 from selfedit.envs.templates import Template
-from selfedit.training.checkpoint import rebase_env
 
 __all__ = ["Sample", "TemplatePolicy", "after_update", "canonical_json", "load_policy",
            "parse_policy_reply"]
@@ -101,5 +100,5 @@ def load_policy(cfg: Any, env: SelfEditEnv, policy_backend: Any = None) -> Any:
 def after_update(cfg: Any, env: SelfEditEnv, policy: Any) -> str:
     """New weights were merged into the policy: the fingerprints (cache keys) must follow."""
     if cfg.mode == "self":
-        return rebase_env(env)  # the env's base model *is* the policy
+        return env.rebase()  # the env's base model *is* the policy
     return policy.refresh()

@@ -21,7 +21,7 @@
 
 **Self mode** (``mode: self``, the papers' setting): the policy is the env's own model, so an
 update changes the template writer, the completer and the adapted model at once; the env's
-baseline cache key follows the new weights (:func:`~selfedit.training.checkpoint.rebase_env`).
+baseline cache key follows the new weights (``env.rebase()``).
 **Separate mode** (``mode: separate`` + ``policy_model``): the policy is another model; the
 env's model is never trained, so only (meta-prompt -> template) examples are used.
 
