@@ -317,7 +317,11 @@ class EvolutionAgent(LibraryAgent):
 
 
 # -- config factories (registered in selfedit.agents.registry) --------------------------
-_LIBRARY_KEYS = ("instructions", "ranks", "learning_rates", "epochs")
+# The operator choice (issue 16): ``operators: [lora, full, svd]`` adds an update-operator
+# axis; the other four keys replace that axis's per-operator tables (TemplateLibrary).
+_OPERATOR_KEYS = ("operators", "full_learning_rates", "full_last_layers",
+                  "svd_learning_rates", "svd_components")
+_LIBRARY_KEYS = ("instructions", "ranks", "learning_rates", "epochs", *_OPERATOR_KEYS)
 
 
 def _library_from_spec(spec: dict[str, Any]) -> TemplateLibrary:
@@ -350,7 +354,9 @@ def _build(cls: type[LibraryAgent], spec: dict[str, Any], params: Sequence[str])
 
 def ucb1_from_spec(spec: dict[str, Any], env: Any = None) -> UCB1Agent:
     """``{type: ucb1, instructions: [...], ranks: [...], learning_rates: [...], epochs: [...],
-    c: 1.41, seed: 0}``."""
+    c: 1.41, seed: 0}``; ``operators: [lora, svd]`` (and the per-operator tables
+    ``full_learning_rates``, ``full_last_layers``, ``svd_learning_rates``,
+    ``svd_components``) makes the update operator an axis of the library."""
     return _build(UCB1Agent, spec, ["c"])  # type: ignore[return-value]
 
 

@@ -8,10 +8,13 @@ and every message says how to fix the value.
 from __future__ import annotations
 
 import difflib
+import re
 import types
 import typing
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
+
+from selfedit.envs.templates import OPERATOR_NAMES
 
 __all__ = ["EnvConfig", "ConfigError", "check_keys", "check_types", "config_from_dict",
            "field_help"]
@@ -69,6 +72,10 @@ class EnvConfig:
     passages_per_step: int = _f(1, "passages a template is scored on per step")
     completions_per_passage: int = _f(1, "independent completions of the instruction per "
                                       "passage (each trains its own adapter)")
+    pool_passages: bool = _f(False, "SEAL's multi-passage (continued-pretraining) setting: "
+                             "the self-edits of a step's passages_per_step passages train "
+                             "one update, which answers the questions of all of them; "
+                             "reward = accuracy over all their questions")
     action_mode: str = _f("template", "'template' (instruction + hyperparameters, completed "
                           "by the self model) or 'self_edit' (SEAL: the action is the "
                           "training data; the observation shows the passage)")
@@ -104,6 +111,18 @@ class EnvConfig:
                                "into one forward pass)")
     target_modules: list[str] = _f(None, "modules that get LoRA weights; null = all attention "
                                    "and MLP projections")
+    operators: list[str] = _f(None, "update operators a template may name in "
+                              "'update_operator': lora, full (full fine-tuning), svd "
+                              "(singular-value scales, Transformer²); null = [lora]")
+    default_operator: str = _f("lora", "operator of a template that names none (must be "
+                               "one of operators)")
+    full_parameters: list[str] | None = _f(None, "full fine-tuning: regular expressions of "
+                                           "the parameter names that may train (e.g. "
+                                           "['mlp']); null = every parameter")
+    svd_target_modules: list[str] | None = _f(None, "singular-value operator: modules whose "
+                                              "weights get trainable singular-value scales; "
+                                              "null = target_modules (all attention and "
+                                              "MLP projections)")
     baseline_cache: str | None = _f("auto", "directory caching each passage's no-adapter "
                                     "accuracy; 'auto' = $SELFEDIT_CACHE or "
                                     "~/.cache/selfedit, null = memory only")
@@ -129,8 +148,11 @@ class EnvConfig:
             raise ConfigError(
                 f"action_mode must be 'template' or 'self_edit', got {self.action_mode!r}"
             )
-        if self.action_mode == "self_edit" and self.passages_per_step != 1:
-            raise ConfigError("action_mode 'self_edit' shows one passage: set passages_per_step=1")
+        if self.action_mode == "self_edit" and self.passages_per_step != 1 \
+                and not self.pool_passages:
+            raise ConfigError("action_mode 'self_edit' shows one passage: set passages_per_step=1"
+                              " (or pool_passages=true: one self-edit for all the passages)")
+        self._check_operators()
         if self.reward_grader not in GRADER_NAMES:
             raise ConfigError(
                 f"reward_grader must be one of {', '.join(GRADER_NAMES)}, got "
@@ -191,6 +213,31 @@ class EnvConfig:
                 raise ConfigError(f"baseline_cache {self.baseline_cache[:200]!r} is not a "
                                   "directory path: give a directory, 'auto' or null (memory "
                                   "only)")
+
+    def _check_operators(self) -> None:
+        if self.operators is None:
+            self.operators = ["lora"]
+        names = ", ".join(OPERATOR_NAMES)
+        if not self.operators:
+            raise ConfigError(f"operators must name at least one operator ({names})")
+        for name in self.operators:
+            if name not in OPERATOR_NAMES:
+                raise ConfigError(f"operators: unknown operator {name!r}; choose from {names}")
+        if len(set(self.operators)) != len(self.operators):
+            raise ConfigError(f"operators must not repeat a name, got {self.operators}")
+        if self.default_operator not in self.operators:
+            raise ConfigError(f"default_operator {self.default_operator!r} is not among"
+                              f" operators {self.operators}; add it or pick one of them")
+        if self.engine == "vllm" and set(self.operators) - {"lora"}:
+            raise ConfigError("engine 'vllm' serves LoRA adapters only: its copy of the weights"
+                              " never sees a full or singular-value update; use engine 'hf'"
+                              " or operators: [lora]")
+        for pattern in self.full_parameters or []:
+            try:
+                re.compile(pattern)
+            except re.error as err:
+                raise ConfigError(f"full_parameters: {pattern!r} is not a regular expression"
+                                  f" ({err})") from None
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], *, where: str = "env") -> EnvConfig:

@@ -9,7 +9,8 @@ share them without ``envs`` importing ``agents`` (issue 14).
   passage itself, as SEAL's "passage + synthetic data" rows do.
 * :class:`TemplateLibrary`: the template space of the papers (free-text instruction +
   continuous hyperparameters) discretised into a few instructions times a few choices per
-  hyperparameter; each combination is an *arm*, a tuple of indices, one per axis.
+  hyperparameter; each combination is an *arm*, a tuple of indices, one per axis. With
+  ``operators`` naming more than LoRA, the update operator is an axis too (issue 16).
 
 >>> lib = TemplateLibrary.from_baselines(["rewrite", "passage"], ranks=[8, 16],
 ...                                      learning_rates=[1e-3], epochs=[3])
@@ -30,7 +31,11 @@ from typing import Any
 from selfedit.envs.config import ConfigError
 from selfedit.envs.templates import (
     HP_RANGES,
+    OPERATOR_NAMES,
+    FullHyperparameters,
     Hyperparameters,
+    OperatorHyperparameters,
+    SVDHyperparameters,
     Template,
     TemplateError,
     parse_template,
@@ -127,6 +132,15 @@ class TemplateLibrary:
     ``MultiDiscrete``, has the four axes an agent actually chooses). ``lora_alpha`` follows
     the rank (``lora_alpha_ratio * rank``, SEAL's alpha = 2 r) and the dropout is fixed.
 
+    The operator axis (issue 16, off by default): with ``operators`` naming more than
+    ``["lora"]``, the last axis is ``update_operator`` and the rank axis is called
+    ``capacity``. Index i of ``capacity`` and ``learning_rate`` means the i-th value of the
+    chosen operator's own table: ``lora_ranks`` / ``learning_rates`` for LoRA,
+    ``full_last_layers`` / ``full_learning_rates`` for full fine-tuning,
+    ``svd_components`` / ``svd_learning_rates`` for singular values (each table as long as
+    its LoRA counterpart; defaults spread over each operator's sensible range). Arms name
+    their operator explicitly, so the env's ``operators`` must allow every one of them.
+
     Args:
         instructions: the instruction choices (default: the four training human baselines).
         lora_ranks: LoRA rank choices.
@@ -135,6 +149,9 @@ class TemplateLibrary:
         gradient_accumulation_steps: accumulation choices (an axis only with 2+ values).
         lora_alpha_ratio: ``lora_alpha = lora_alpha_ratio * lora_rank``.
         lora_dropout: dropout of every arm.
+        operators: update operator choices (``lora``, ``full``, ``svd``).
+        full_learning_rates, full_last_layers: full fine-tuning's tables (None: defaults).
+        svd_learning_rates, svd_components: the singular-value operator's (None: defaults).
 
     >>> lib = TemplateLibrary()
     >>> lib.axes
@@ -150,6 +167,14 @@ class TemplateLibrary:
     Traceback (most recent call last):
     ...
     selfedit.envs.config.ConfigError: lora_ranks: lora_rank must be between 1 and 256, got 512
+    >>> ops = TemplateLibrary(operators=["lora", "svd"])
+    >>> ops.axes, ops.dims
+    (('instruction', 'capacity', 'learning_rate', 'num_epochs', 'update_operator'), (4, 4, 4, 3, 2))
+    >>> t = ops.template((3, 1, 2, 0, 1))
+    >>> t.name, t.update_operator, t.hyperparameters.learning_rate
+    ('passage|svd|k64|lr0.01|ep3', 'svd', 0.01)
+    >>> ops.arm_of(t.to_json())
+    (3, 1, 2, 0, 1)
     """
 
     instructions: list[Instruction] = field(default_factory=_default_instructions)
@@ -159,6 +184,11 @@ class TemplateLibrary:
     gradient_accumulation_steps: list[int] = field(default_factory=lambda: [1])
     lora_alpha_ratio: float = 2.0
     lora_dropout: float = 0.0
+    operators: list[str] = field(default_factory=lambda: ["lora"])
+    full_learning_rates: list[float] | None = None
+    full_last_layers: list[int] | None = None
+    svd_learning_rates: list[float] | None = None
+    svd_components: list[int] | None = None
 
     def __post_init__(self) -> None:
         self.instructions = [self._check_instruction(x) for x in self.instructions]
@@ -186,6 +216,7 @@ class TemplateLibrary:
                     f" {alpha} is outside [{low}, {high}]; lower the ratio or the rank"
                 )
         _check_choices("lora_dropout", "lora_dropout", [self.lora_dropout])
+        self._check_operators()
         if any(e > 0 for e in self.num_epochs):
             for x in self.instructions:
                 if not x.data_creation_instruction.strip() and not x.include_passage:
@@ -193,6 +224,48 @@ class TemplateLibrary:
                         f"instruction {x.name!r} is empty and does not include the passage:"
                         " nothing to train on; drop it or set include_passage"
                     )
+
+    def _check_operators(self) -> None:
+        ops = self.operators
+        if isinstance(ops, str) or not isinstance(ops, Sequence) or not ops:
+            raise ConfigError(f"operators must be a list of operator names, got {ops!r}")
+        for name in ops:
+            if name not in OPERATOR_NAMES:
+                raise ConfigError(f"operators: unknown operator {name!r}; choose from"
+                                  f" {', '.join(OPERATOR_NAMES)}")
+        if len(set(ops)) != len(ops):
+            raise ConfigError(f"operators: names must be distinct, got {list(ops)}")
+        self.operators = list(ops)
+        n_rates, n_caps = len(self.learning_rates), len(self.lora_ranks)
+        # Default tables: as many values as LoRA's, spread geometrically over each operator's
+        # sensible range (full: lr 1e-6..3e-5, the last 1, 2, 4, ... blocks then all of them;
+        # svd: lr 1e-3..3e-2, the leading 16, 64, 256, ... singular values then all).
+        tables = {
+            "full_learning_rates": ("learning_rate", FullHyperparameters,
+                                    _spread(1e-6, 3e-5, n_rates, 1e-5)),
+            "full_last_layers": ("last_layers", FullHyperparameters,
+                                 [2**i for i in range(n_caps - 1)] + [0]),
+            "svd_learning_rates": ("learning_rate", SVDHyperparameters,
+                                   _spread(1e-3, 3e-2, n_rates, 1e-2)),
+            "svd_components": ("svd_components", SVDHyperparameters,
+                               [16 * 4**i for i in range(n_caps - 1)] + [0]),
+        }
+        for label, (key, cls, default) in tables.items():
+            values = getattr(self, label)
+            if values is None:
+                values = default
+            values = _check_choices(label, key, values, cls)
+            want = n_rates if key == "learning_rate" else n_caps
+            if len(values) != want:
+                other = "learning_rates" if key == "learning_rate" else "lora_ranks"
+                raise ConfigError(f"{label} must have {want} values, one per choice of"
+                                  f" {other}; got {len(values)}")
+            setattr(self, label, values)
+
+    @property
+    def operator_axis(self) -> bool:
+        """Whether the update operator is an axis (``operators`` names more than LoRA)."""
+        return self.operators != ["lora"]
 
     @staticmethod
     def _check_instruction(x: Any) -> Instruction:
@@ -235,19 +308,28 @@ class TemplateLibrary:
     # -- the arm space ----------------------------------------------------------------
     @property
     def axes(self) -> tuple[str, ...]:
-        base = ("instruction", "lora_rank", "learning_rate", "num_epochs")
+        capacity = "capacity" if self.operator_axis else "lora_rank"
+        axes: tuple[str, ...] = ("instruction", capacity, "learning_rate", "num_epochs")
         if len(self.gradient_accumulation_steps) > 1:
-            return (*base, "gradient_accumulation_steps")
-        return base
+            axes = (*axes, "gradient_accumulation_steps")
+        if self.operator_axis:
+            axes = (*axes, "update_operator")
+        return axes
 
-    def choices(self, axis: str) -> list[Any]:
-        """The values along one axis."""
+    def choices(self, axis: str, operator: str = "lora") -> list[Any]:
+        """The values along one axis (``capacity`` and ``learning_rate``: of ``operator``)."""
+        capacity = {"lora": self.lora_ranks, "full": self.full_last_layers,
+                    "svd": self.svd_components}
+        rates = {"lora": self.learning_rates, "full": self.full_learning_rates,
+                 "svd": self.svd_learning_rates}
         table: dict[str, list[Any]] = {
             "instruction": self.instructions,
             "lora_rank": self.lora_ranks,
-            "learning_rate": self.learning_rates,
+            "capacity": capacity[operator],  # type: ignore[dict-item]
+            "learning_rate": rates[operator],  # type: ignore[dict-item]
             "num_epochs": self.num_epochs,
             "gradient_accumulation_steps": self.gradient_accumulation_steps,
+            "update_operator": self.operators,
         }
         return table[axis]
 
@@ -294,26 +376,34 @@ class TemplateLibrary:
     def template(self, arm: Sequence[int]) -> Template:
         """The template an arm stands for."""
         arm = self.check_arm(arm)
-        picked = dict(zip(self.axes, (self.choices(a)[i] for a, i in zip(self.axes, arm,
-                                                                          strict=True)),
-                          strict=True))
+        index = dict(zip(self.axes, arm, strict=True))
+        operator = self.operators[index["update_operator"]] if self.operator_axis else "lora"
+        picked = {a: self.choices(a, operator)[i] for a, i in index.items()}
         instruction: Instruction = picked["instruction"]
-        rank = picked["lora_rank"]
+        capacity = picked["capacity" if self.operator_axis else "lora_rank"]
         accumulation = picked.get("gradient_accumulation_steps",
                                    self.gradient_accumulation_steps[0])
-        hp = Hyperparameters(
-            lora_rank=rank,
-            lora_alpha=float(self.lora_alpha_ratio * rank),
-            lora_dropout=float(self.lora_dropout),
-            learning_rate=picked["learning_rate"],
-            num_epochs=picked["num_epochs"],
-            gradient_accumulation_steps=accumulation,
-        )
-        name = f"{instruction.name}|r{rank}|lr{hp.learning_rate:g}|ep{hp.num_epochs}"
+        common = {"learning_rate": picked["learning_rate"], "num_epochs": picked["num_epochs"],
+                  "gradient_accumulation_steps": accumulation}
+        hp: OperatorHyperparameters
+        if operator == "full":
+            hp = FullHyperparameters(last_layers=capacity, **common)
+            label = f"full|last{capacity or 'all'}"
+        elif operator == "svd":
+            hp = SVDHyperparameters(svd_components=capacity, **common)
+            label = f"svd|k{capacity or 'all'}"
+        else:
+            hp = Hyperparameters(lora_rank=capacity,
+                                 lora_alpha=float(self.lora_alpha_ratio * capacity),
+                                 lora_dropout=float(self.lora_dropout), **common)
+            label = f"lora|r{capacity}" if self.operator_axis else f"r{capacity}"
+        name = f"{instruction.name}|{label}|lr{hp.learning_rate:g}|ep{hp.num_epochs}"
         if "gradient_accumulation_steps" in picked:
             name += f"|ga{accumulation}"
+        # Arms name their operator even without the axis: LoRA settings are LoRA's, whatever
+        # the env's default_operator (and info["template"] equals the arm's template).
         return Template(instruction.data_creation_instruction, hp, instruction.include_passage,
-                        name=name)
+                        name=name, update_operator=operator)
 
     def arm_of(self, action: Template | str | dict[str, Any]) -> Arm | None:
         """The arm an action (Template, dict or JSON) stands for, or None if none does."""
@@ -321,16 +411,25 @@ class TemplateLibrary:
             template, _ = parse_template(action)  # type: ignore[arg-type]
         except TemplateError:
             return None
+        operator = template.update_operator or "lora"
+        if operator not in self.operators:
+            return None
         hp = template.hyperparameters
         found: dict[str, int] = {}
+        if self.operator_axis:
+            found["update_operator"] = self.operators.index(operator)
         for i, x in enumerate(self.instructions):
             if (x.data_creation_instruction == template.data_creation_instruction
                     and x.include_passage == template.include_passage):
                 found["instruction"] = i
                 break
+        capacity_key = {"lora": "lora_rank", "full": "last_layers",
+                        "svd": "svd_components"}[operator]
         for axis in self.axes[1:]:
-            value = getattr(hp, axis)
-            for i, choice in enumerate(self.choices(axis)):
+            if axis == "update_operator":
+                continue
+            value = getattr(hp, capacity_key if axis in ("capacity", "lora_rank") else axis)
+            for i, choice in enumerate(self.choices(axis, operator)):
                 if math.isclose(value, choice, rel_tol=1e-9):
                     found[axis] = i
                     break
@@ -339,9 +438,11 @@ class TemplateLibrary:
         arm = tuple(found[a] for a in self.axes)
         # The fixed settings must match too: same rank, other alpha is another template.
         expected = self.template(arm).hyperparameters
-        if not (math.isclose(hp.lora_alpha, expected.lora_alpha, rel_tol=1e-9)
-                and math.isclose(hp.lora_dropout, expected.lora_dropout, abs_tol=1e-12)
-                and hp.gradient_accumulation_steps == expected.gradient_accumulation_steps):
+        if hp.gradient_accumulation_steps != expected.gradient_accumulation_steps:
+            return None
+        if isinstance(hp, Hyperparameters) and not (
+                math.isclose(hp.lora_alpha, expected.lora_alpha, rel_tol=1e-9)  # type: ignore[attr-defined]
+                and math.isclose(hp.lora_dropout, expected.lora_dropout, abs_tol=1e-12)):  # type: ignore[attr-defined]
             return None
         return arm
 
@@ -355,10 +456,34 @@ class TemplateLibrary:
             "gradient_accumulation_steps": list(self.gradient_accumulation_steps),
             "lora_alpha_ratio": self.lora_alpha_ratio,
             "lora_dropout": self.lora_dropout,
+            # Only with the operator axis: states saved before it existed still match.
+            **({"operators": list(self.operators),
+                "full_learning_rates": list(self.full_learning_rates or []),
+                "full_last_layers": list(self.full_last_layers or []),
+                "svd_learning_rates": list(self.svd_learning_rates or []),
+                "svd_components": list(self.svd_components or [])}
+               if self.operator_axis else {}),
         }
 
 
-def _check_choices(label: str, key: str, values: Any) -> list[Any]:
+def _spread(low: float, high: float, n: int, single: float) -> list[float]:
+    """``n`` values from ``low`` to ``high`` on a log scale, rounded to few digits.
+
+    >>> _spread(1e-6, 3e-5, 4, 1e-5), _spread(1e-3, 3e-2, 1, 1e-2)
+    ([1e-06, 3e-06, 1e-05, 3e-05], [0.01])
+    """
+    if n <= 1:
+        return [single]
+    raw = [low * (high / low) ** (i / (n - 1)) for i in range(n)]
+    for digits in (1, 2, 6):  # the fewest digits that keep the values distinct
+        values = [float(f"{v:.{digits - 1}e}") for v in raw]
+        if len(set(values)) == n:
+            return values
+    return raw
+
+
+def _check_choices(label: str, key: str, values: Any,
+                   cls: type[OperatorHyperparameters] = Hyperparameters) -> list[Any]:
     if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
         raise ConfigError(f"{label} must be a list of numbers, got {values!r}")
     if not values:
@@ -366,8 +491,8 @@ def _check_choices(label: str, key: str, values: Any) -> list[Any]:
     checked = []
     for value in values:
         try:
-            # Hyperparameters' own validation: the same ranges and messages as the env's.
-            hp, _ = Hyperparameters.from_dict({key: value})
+            # The operator's own validation: the same ranges and messages as the env's.
+            hp, _ = cls.from_dict({key: value})
         except TemplateError as err:
             raise ConfigError(f"{label}: {err}") from None
         checked.append(getattr(hp, key))

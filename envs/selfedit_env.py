@@ -25,9 +25,18 @@ from selfedit.envs.backend import make_backend, weights_checksum
 from selfedit.envs.baseline_cache import BaselineCache, BaselineEntry
 from selfedit.envs.config import ConfigError, EnvConfig
 from selfedit.envs.corpus import Corpus, Passage, load_corpus
+from selfedit.envs.operators import OPERATOR_LABELS, make_operator
 from selfedit.envs.parsing import parse_self_edit, parse_sequences
-from selfedit.envs.templates import Hyperparameters, Template, TemplateError, parse_template
-from selfedit.envs.update import AdapterRequest, LoRAUpdate, UpdateOperator, UpdateStats
+from selfedit.envs.templates import (
+    OperatorHyperparameters,
+    Template,
+    TemplateError,
+    extract_json,
+    hyperparameters_class,
+    operator_name,
+    parse_template,
+)
+from selfedit.envs.update import AdapterRequest, UpdateOperator, UpdateStats
 
 __all__ = ["CHARSET", "PassageResult", "Seconds", "SelfEditEnv", "SlotRequest", "cfg_prompt",
            "load_env_corpus", "normalized_gain", "select_passages"]
@@ -146,6 +155,20 @@ class _Pair:
     stats: UpdateStats = field(default_factory=UpdateStats)
     answers: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    operator: str = "lora"  # the update operator that trains this pair (issue 16)
+    # Pooled (CPT) steps: one update per completion index trains on the sequences of every
+    # passage's pair; the first pair leads (it trains), the others answer with its update.
+    pool: list[_Pair] = field(default_factory=list)  # on a lead: every member, lead first
+    lead: _Pair | None = None  # on a member: the pair whose update it answers with
+
+    @property
+    def members(self) -> list[_Pair]:
+        """The pairs answering with this pair's update (itself alone unless pooled)."""
+        return self.pool or [self]
+
+    def training_data(self) -> list[Any]:
+        """What this pair's update trains on: its sequences, or its pool's."""
+        return [s for member in self.members for s in member.sequences]
 
 
 @dataclass
@@ -191,16 +214,23 @@ class SelfEditEnv(gym.Env):
     ``step`` reads actions of up to ``MAX_ACTION_CHARS`` (1,000,000) and refuses longer ones
     in ``info["error"]`` without scanning them. With ``action_mode="self_edit"`` the action
     is the self-edit itself: a JSON list of training sequences or ``{"sequences": [...],
-    "hyperparameters": {...}}``.
+    "hyperparameters": {...}}``. Either form may name its update operator (issue 16):
+    ``"update_operator": "lora" | "full" | "svd"`` with that operator's hyperparameters
+    (:mod:`selfedit.envs.templates`); ``operators`` lists the allowed ones (a template naming
+    another is invalid), ``default_operator`` serves a template that names none.
 
     ## Observation Space
     ``Dict(prompt=Text, passage_ids=Box(int64))``: ``prompt`` is what a template-writing
     policy is shown (the meta-prompt; :class:`~selfedit.envs.wrappers.ArchiveObservation`
-    adds the best and worst templates so far); in self-edit mode it shows the passage.
-    ``passage_ids`` are the indices of the step's passages in the env's corpus.
+    adds the best and worst templates so far); in self-edit mode it shows the passage (all
+    of the step's passages when they are pooled). ``passage_ids`` are the indices of the
+    step's passages in the env's corpus.
 
     ## Rewards
     Mean accuracy over the step's (passage, completion) evaluations under ``reward_grader``.
+    With ``pool_passages`` (SEAL's continued-pretraining setting; ``selfedit/SQuAD-CPT-v0``)
+    the sequences of every passage (per completion index) train one update that answers the
+    questions of all of them, and the reward is the accuracy over all their questions.
     An action that cannot be evaluated gets ``invalid_reward`` (default -0.1) and
     ``info["error"]``. ``max_step_seconds`` counts from the moment ``step`` receives the
     action: training stops when it is spent (``info["budget"]`` lists every budget or cap
@@ -218,7 +248,8 @@ class SelfEditEnv(gym.Env):
     ## Arguments
     Any field of :class:`~selfedit.envs.config.EnvConfig` as a keyword, or ``config=``;
     ``backend=``, ``update=`` and ``grader=`` take objects to swap the model engine, the
-    update operator and the reward grader.
+    update operator and the reward grader. ``update=`` is the implementation of
+    ``default_operator``, or a mapping ``{operator name: object}`` for several.
 
     ## Version History
     * v0: initial version; the observation no longer carries an archive (issue 14: one env
@@ -232,7 +263,7 @@ class SelfEditEnv(gym.Env):
         config: EnvConfig | None = None,
         *,
         backend: Any = None,
-        update: UpdateOperator | None = None,
+        update: UpdateOperator | Mapping[str, UpdateOperator] | None = None,
         grader: grading.Grader | None = None,
         corpus: Corpus | str | None = None,
         **overrides: Any,
@@ -253,15 +284,20 @@ class SelfEditEnv(gym.Env):
         # The cache directory is checked before the model loads: a bad one fails in seconds.
         self.baselines = BaselineCache.from_setting(cfg.baseline_cache)
         self.backend = backend or make_backend(cfg)  # cfg.engine: transformers or vLLM
-        kwargs: dict[str, Any] = {
-            "micro_batch_size": cfg.micro_batch_size,
-            "max_seq_tokens": cfg.max_seq_tokens,
-            "max_train_tokens": cfg.max_train_tokens,
-            "max_seconds": cfg.max_train_seconds,
-        }
-        if cfg.target_modules:
-            kwargs["target_modules"] = cfg.target_modules
-        self.update = update or LoRAUpdate(**kwargs)
+        # self.update is the default operator (continual mode wraps it in place); the
+        # other allowed operators live in self.operators (issue 16).
+        given = dict(update) if isinstance(update, Mapping) else {}
+        if not isinstance(update, Mapping) and update is not None:
+            given[cfg.default_operator] = update
+        self.update = given.pop(cfg.default_operator, None) or make_operator(
+            cfg.default_operator, cfg)
+        self.operators: dict[str, UpdateOperator] = {
+            name: given.pop(name, None) or make_operator(name, cfg)
+            for name in cfg.operators if name != cfg.default_operator}
+        if given:
+            raise ConfigError(f"update= names operators {sorted(given)} that env.operators"
+                              f" ({cfg.operators}) does not allow")
+        self._check_operators_fit()
         self.grader_name = cfg.reward_grader
         self.grader = grader or self._make_grader()
         self._passage_idx: list[int] | None = None
@@ -282,6 +318,27 @@ class SelfEditEnv(gym.Env):
         )
 
     # -- set-up helpers ---------------------------------------------------------------
+    def operator(self, name: str) -> UpdateOperator:
+        """The update operator a template naming ``name`` is trained with."""
+        if name == self.config.default_operator:
+            return self.update
+        if name not in self.operators:
+            raise TemplateError(
+                f"update_operator {name!r} is not allowed in this env; allowed:"
+                f" {', '.join(self.config.operators)} (env.operators)")
+        return self.operators[name]
+
+    def _check_operators_fit(self) -> None:
+        """Refuse at construction an operator the machine cannot hold (full fine-tuning)."""
+        for name in self.config.operators:
+            check = getattr(self.operator(name), "check_fits", None)
+            if check is None:
+                continue
+            try:
+                check(self.backend.model)
+            except (MemoryError, ValueError) as err:
+                raise ConfigError(f"env.operators includes {name!r}: {err}") from None
+
     def _make_grader(self) -> grading.Grader:
         cfg = self.config
         if cfg.reward_grader != "judge":
@@ -326,11 +383,18 @@ class SelfEditEnv(gym.Env):
 
     def observation(self, idx: Sequence[int]) -> dict[str, Any]:
         """What a policy sees for an episode on the passages ``idx``."""
-        if self.config.action_mode == "self_edit":
-            passage = self.corpus[idx[0]]
-            text = prompts.self_edit_prompt(passage.title, passage.context)
+        cfg = self.config
+        # LoRA alone: the prompts of earlier versions, word for word (no operator choice).
+        operators = None if cfg.operators == ["lora"] else cfg.operators
+        if cfg.action_mode == "self_edit":
+            shown = idx if cfg.pool_passages else idx[:1]
+            text = prompts.self_edit_prompt_many(
+                [(self.corpus[i].title, self.corpus[i].context) for i in shown],
+                operators=operators, default_operator=cfg.default_operator)
         else:
-            text = prompts.meta_prompt()
+            text = prompts.meta_prompt(
+                operators=operators, default_operator=cfg.default_operator,
+                pooled=len(idx) if cfg.pool_passages and len(idx) > 1 else 0)
         return {"prompt": _in_charset(text), "passage_ids": np.asarray(idx, dtype=np.int64)}
 
     def step(self, action: Any) -> tuple[dict[str, Any], float, bool, bool, dict[str, Any]]:
@@ -388,8 +452,17 @@ class SelfEditEnv(gym.Env):
         cfg = self.config
         n = cfg.completions_per_passage if slot.fixed is None else 1
         passages = [self.corpus[i] for i in request.passage_idx]
-        slot.pairs = [_Pair(p, j, request.seed + 7919 * j)
+        operator = slot.template.update_operator or cfg.default_operator
+        slot.pairs = [_Pair(p, j, request.seed + 7919 * j, operator=operator)
                       for j, p in enumerate(p for p in passages for _ in range(n))]
+        if cfg.pool_passages:
+            # One update per completion index c over every passage's c-th pair (pairs are
+            # passage-major: j = passage * n + c); the first passage's pair leads.
+            for c in range(n):
+                members = slot.pairs[c::n]
+                members[0].pool = members
+                for member in members[1:]:
+                    member.lead = members[0]
         return slot
 
     def _parse_action(
@@ -398,14 +471,23 @@ class SelfEditEnv(gym.Env):
         cfg = self.config
         policy = cfg.hyperparameter_policy
         if cfg.action_mode == "template":
-            template, report = parse_template(action, policy=policy)  # type: ignore[arg-type]
+            template, report = parse_template(action, policy=policy,  # type: ignore[arg-type]
+                                              default_operator=cfg.default_operator)
+            self.operator(template.update_operator or cfg.default_operator)  # allowed?
             return template, None, report
+        if isinstance(action, str):  # parsed here once: the operator sits beside the data
+            action = extract_json(action, want=(dict, list))
+        named = action.get("update_operator") if isinstance(action, Mapping) else None
         sequences, hp_raw = parse_self_edit(action)
-        hp, report = Hyperparameters.from_dict(hp_raw, policy=policy)  # type: ignore[arg-type]
+        name = operator_name(named) or cfg.default_operator
+        self.operator(name)  # allowed?
+        hp, report = hyperparameters_class(name).from_dict(
+            hp_raw, policy=policy)  # type: ignore[arg-type]
         if hp.num_epochs == 0:
             raise TemplateError("a self-edit must train: num_epochs must be >= 1")
         # The action is the data itself; the template only carries its hyperparameters.
-        template = Template("(self-edit given by the agent)", hp, name="self-edit")
+        template = Template("(self-edit given by the agent)", hp, name="self-edit",
+                            update_operator=name)
         if len(sequences) > cfg.max_sequences:
             budget.append(f"the self-edit has {len(sequences)} sequences; kept the first"
                           f" {cfg.max_sequences} (max_sequences)")
@@ -464,14 +546,16 @@ class SelfEditEnv(gym.Env):
                 continue
             for pair in slot.pairs:
                 if slot.fixed is not None:
-                    pair.sequences = list(slot.fixed)
+                    # Pooled: the self-edit is the pool's data, given once (to the lead).
+                    pair.sequences = list(slot.fixed) if pair.lead is None else []
                 else:
                     pair.sequences = parse_sequences(pair.completion,
                                                      max_sequences=cfg.max_sequences)
                     if template.include_passage:
                         passage = pair.passage
                         pair.sequences = [f"{passage.title}\n{passage.context}", *pair.sequences]
-                if template.trains and not pair.sequences:
+            for pair in slot.pairs:
+                if template.trains and pair.lead is None and not pair.training_data():
                     slot.error = (
                         "the completion gave no training sequence (each item needs 3+ words);"
                         " ask for one fact per line or set include_passage"
@@ -487,33 +571,45 @@ class SelfEditEnv(gym.Env):
         passages = {pair.passage.id: pair.passage for slot in live for pair in slot.pairs}
         baselines: dict[str, BaselineEntry | None] = {
             pid: self._cached_baseline(p) for pid, p in passages.items()}
+        # One update per training pair (a pooled step: per lead), grouped by operator
+        # (issue 16): an operator with adapted_many trains its group in one joint pass, the
+        # others one pair at a time; groups run one after another, baselines answered once.
         training = [(slot, pair) for slot in live if slot.template and slot.template.trains
-                    for pair in slot.pairs]
-        for k, (_, pair) in enumerate(training):
-            pair.adapter = k
+                    for pair in slot.pairs if pair.lead is None]
+        groups: dict[str, list[tuple[_Slot, _Pair]]] = {}
+        for slot, pair in training:
+            groups.setdefault(pair.operator, []).append((slot, pair))
         t0 = time.perf_counter()
-        if hasattr(self.update, "adapted_many"):
-            self._train_and_answer_together(training, baselines, passages)
-        else:
-            self._train_and_answer_in_turn(training, baselines, passages)
+        for name, group in groups.items():
+            operator = self.operator(name)
+            for k, (_, pair) in enumerate(group):
+                for member in pair.members:
+                    member.adapter = k
+            if hasattr(operator, "adapted_many"):
+                self._train_and_answer_together(operator, group, baselines, passages)
+            else:
+                self._train_and_answer_in_turn(operator, group, baselines, passages)
+        self._fill_baselines(baselines, passages)  # a step where no template trains
         for slot in live:
             slot.phases["train_answer_s"] = time.perf_counter() - t0
         for slot, pair in training:
             if pair.stats.error and slot.live:
-                slot.error = f"LoRA update failed: {pair.stats.error}"
+                label = OPERATOR_LABELS.get(pair.operator, pair.operator)
+                slot.error = f"{label} update failed: {pair.stats.error}"
             slot.budget.extend(f"{pair.passage.id}: {note}" for note in pair.stats.notes)
 
     def _questions(self, passage: Passage) -> list[str]:
         return [prompts.ANSWER_PROMPT.format(question=q.question) for q in passage.questions]
 
-    def _train_and_answer_together(self, training: list[tuple[_Slot, _Pair]],
+    def _train_and_answer_together(self, operator: Any, training: list[tuple[_Slot, _Pair]],
                                    baselines: dict[str, BaselineEntry | None],
                                    passages: dict[str, Passage]) -> None:
-        requests = [AdapterRequest(pair.sequences, slot.template.hyperparameters,  # type: ignore[union-attr]
+        requests = [AdapterRequest(pair.training_data(),
+                                   slot.template.hyperparameters,  # type: ignore[union-attr]
                                    pair.seed, self._deadline(slot))
                     for slot, pair in training]
         t0 = time.perf_counter()
-        with self.update.adapted_many(self.backend, requests) as stats:  # type: ignore[attr-defined]
+        with operator.adapted_many(self.backend, requests) as stats:
             t1 = time.perf_counter()
             texts: list[str] = []
             route: list[int | None] = []
@@ -525,16 +621,18 @@ class SelfEditEnv(gym.Env):
                     texts += qs
                     route += [None] * len(qs)
             for _, pair in training:
-                qs = self._questions(pair.passage)
-                spans.append((pair, len(texts), len(texts) + len(qs)))
-                texts += qs
-                route += [pair.adapter] * len(qs)
+                for member in pair.members:  # a pooled update answers its whole pool
+                    qs = self._questions(member.passage)
+                    spans.append((member, len(texts), len(texts) + len(qs)))
+                    texts += qs
+                    route += [pair.adapter] * len(qs)
             answers = self.backend.generate(texts, max_new_tokens=self.config.answer_max_tokens,
                                             adapters=route) if texts else []
             t2 = time.perf_counter()
         for pair_stats, (_, pair) in zip(stats, training, strict=True):
-            pair.stats = pair_stats
-        share = (t2 - t1) / max(len(training), 1)
+            for member in pair.members:
+                member.stats = pair_stats
+        share = (t2 - t1) / max(sum(len(pair.members) for _, pair in training), 1)
         for owner, a, b in spans:
             if isinstance(owner, str):
                 self._store_baseline(passages[owner], answers[a:b], baselines)
@@ -546,10 +644,10 @@ class SelfEditEnv(gym.Env):
                                      setup_s=Seconds((t1 - t0) - owner.stats.seconds))
         self._fill_baselines(baselines, passages)
 
-    def _train_and_answer_in_turn(self, training: list[tuple[_Slot, _Pair]],
+    def _train_and_answer_in_turn(self, operator: Any, training: list[tuple[_Slot, _Pair]],
                                   baselines: dict[str, BaselineEntry | None],
                                   passages: dict[str, Passage]) -> None:
-        """Operators without ``adapted_many``: one ``adapted`` block per pair.
+        """Operators without ``adapted_many``: one ``adapted`` block per pair (per lead).
 
         Pairs not started when their slot's budget is spent are skipped (and reported); the
         slot's reward is the mean over the pairs evaluated.
@@ -559,20 +657,29 @@ class SelfEditEnv(gym.Env):
         for slot, pair in training:
             remaining = self._deadline(slot) - time.perf_counter()
             if remaining <= 0 and done.get(id(slot), 0) > 0:
-                pair.skipped = True
+                for member in pair.members:
+                    member.skipped = True
                 continue
             done[id(slot)] = done.get(id(slot), 0) + 1
             t0 = time.perf_counter()
-            with self.update.adapted(self.backend, pair.sequences,
-                                     slot.template.hyperparameters,  # type: ignore[union-attr]
-                                     seed=pair.seed, max_seconds=max(remaining, 0.0)) as st:
+            with operator.adapted(self.backend, pair.training_data(),
+                                  slot.template.hyperparameters,  # type: ignore[union-attr]
+                                  seed=pair.seed, max_seconds=max(remaining, 0.0)) as st:
                 t1 = time.perf_counter()
-                pair.stats = st
-                if not st.error:
-                    pair.answers = self.answer([q.question for q in pair.passage.questions])
+                if not st.error:  # a pooled update answers its whole pool, in one batch
+                    answers = self.answer([q.question for member in pair.members
+                                           for q in member.passage.questions])
+                    at = 0
+                    for member in pair.members:
+                        n = len(member.passage.questions)
+                        member.answers = answers[at : at + n]
+                        at += n
                 t2 = time.perf_counter()
-            pair.timings.update(train_s=Seconds(t1 - t0), train_loop_s=Seconds(st.seconds),
-                                answer_s=Seconds(t2 - t1))
+            for member in pair.members:
+                member.stats = st
+                member.timings.update(train_s=Seconds(t1 - t0),
+                                      train_loop_s=Seconds(st.seconds),
+                                      answer_s=Seconds((t2 - t1) / len(pair.members)))
 
     def _fill_baselines(self, baselines: dict[str, BaselineEntry | None],
                         passages: dict[str, Passage]) -> None:
@@ -636,7 +743,8 @@ class SelfEditEnv(gym.Env):
         return fingerprint
 
     def evaluate_sequences(
-        self, passage: Passage, hyperparameters: Hyperparameters, sequences: list[Any], *,
+        self, passage: Passage, hyperparameters: OperatorHyperparameters, sequences: list[Any],
+        *,
         seed: int,
     ) -> PassageResult:
         """The inner loop alone: train on ``sequences``, answer ``passage``'s questions, grade.
@@ -647,17 +755,22 @@ class SelfEditEnv(gym.Env):
         return self.evaluate_many([(passage, hyperparameters, sequences, seed)])[0]
 
     def evaluate_many(
-        self, items: Sequence[tuple[Passage, Hyperparameters, list[Any], int]]
+        self, items: Sequence[tuple[Passage, OperatorHyperparameters, list[Any], int]]
     ) -> list[PassageResult]:
         """The inner loop for K (passage, hyperparameters, sequences, seed) at once: the
-        adapters trained together, answering in one batch (the batched path of a step)."""
+        adapters trained together, answering in one batch (the batched path of a step).
+
+        The hyperparameters' class picks the operator (``Hyperparameters``: LoRA), which
+        must be one of the env's ``operators``."""
         slots = []
         start = time.perf_counter()
         for passage, hp, sequences, seed in items:
-            template = Template("(sequences given)", hp, name="sequences")
+            template = Template("(sequences given)", hp, name="sequences",
+                                update_operator=hp.OPERATOR)
             slot = _Slot(SlotRequest(None, (), seed, start), {}, [], template=template,
                          fixed=list(sequences))
-            slot.pairs = [_Pair(passage, 0, seed, sequences=list(sequences))]
+            slot.pairs = [_Pair(passage, 0, seed, sequences=list(sequences),
+                                operator=hp.OPERATOR)]
             slots.append(slot)
         self._train_answer_grade(slots)
         out = []
@@ -718,11 +831,20 @@ class SelfEditEnv(gym.Env):
             verdicts=verdicts,
             accuracy=metrics[self.grader_name],
             base_accuracy=base.metrics[self.grader_name],
-            update=pair.stats.to_dict(),
+            update=self._update_record(pair),
             timings=dict(pair.timings),
             completion_tokens=self.backend.count_tokens(pair.completion) if pair.completion
             else 0,
         )
+
+    @staticmethod
+    def _update_record(pair: _Pair) -> dict[str, Any]:
+        """``results[i]["update"]``: what the update did and which operator did it."""
+        record = {**pair.stats.to_dict(), "operator": pair.operator}
+        lead = pair.lead or pair
+        if lead.pool:  # pooled (CPT): the passages whose sequences trained this update
+            record["pool"] = [member.passage.id for member in lead.pool]
+        return record
 
     def _close(self, slot: _Slot) -> tuple[float, dict[str, Any]]:
         info = slot.info
@@ -740,20 +862,35 @@ class SelfEditEnv(gym.Env):
         except Exception as err:  # noqa: BLE001 - e.g. a grader that crashed
             detail = traceback.format_exception_only(type(err), err)[-1].strip()
             return self._invalid(f"evaluation failed: {detail}", info, start)
-        accuracy = float(np.mean([r.accuracy for r in results]))
-        base = float(np.mean([r.base_accuracy for r in results]))
+        # Pooled (SEAL's continued pretraining): one update answers every question of the
+        # pool, so the reward is the accuracy over all those questions; else the mean over
+        # (passage, completion) evaluations.
+        pooled = self.config.pool_passages
+        weights = [len(r.questions) if pooled else 1 for r in results]
+
+        def mean(values: list[float]) -> float:
+            if not pooled:
+                return float(np.mean(values))
+            return float(np.average(values, weights=weights))
+
+        accuracy = mean([r.accuracy for r in results])
+        base = mean([r.base_accuracy for r in results])
         graders = results[0].metrics.keys()
+        updates = [pair for pair in slot.pairs if pair.lead is None and not pair.skipped]
+        if pooled:
+            info["pool"] = {"passages": len(slot.request.passage_idx), "updates": len(updates),
+                            "questions": int(sum(weights))}
         info.update(
             error=None,
             accuracy=accuracy,
             base_accuracy=base,
             gain=accuracy - base,
             normalized_gain=normalized_gain(accuracy, base),
-            metrics={g: float(np.mean([r.metrics[g] for r in results])) for g in graders},
-            base_metrics={g: float(np.mean([r.base_metrics[g] for r in results])) for g in graders},
+            metrics={g: mean([r.metrics[g] for r in results]) for g in graders},
+            base_metrics={g: mean([r.base_metrics[g] for r in results]) for g in graders},
             tokens={
                 "completion": sum(r.completion_tokens for r in results),
-                "train": sum(r.update["train_tokens"] for r in results),
+                "train": sum(pair.stats.train_tokens for pair in updates),
             },
             # Adapters of one pass train together: the step's training time is the longest
             # of its adapters', not their sum; completion and answer times are the step's

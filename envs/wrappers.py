@@ -8,7 +8,7 @@ that several agents may share: issue 14).
 stable-baselines3 accepts neither ``Text`` actions nor ``Dict`` observations holding text, so
 :class:`DiscreteTemplateWrapper` turns the env into a contextual bandit over a discrete
 :class:`~selfedit.envs.library.TemplateLibrary`: an index per axis (instruction, LoRA rank,
-learning rate, epochs) in, a ``Box`` of numbers out.
+learning rate, epochs, and optionally the update operator) in, a ``Box`` of numbers out.
 """
 
 from __future__ import annotations
@@ -34,7 +34,10 @@ class DiscreteTemplateWrapper(gym.Wrapper):
     n_epochs]``: one index per axis of the library; the wrapper steps the inner env with the
     :class:`~selfedit.envs.templates.Template` of that arm. With ``flatten=True`` it is
     ``Discrete(library.n_arms)`` instead (for DQN), the arm's flat index in
-    :meth:`TemplateLibrary.index` order.
+    :meth:`TemplateLibrary.index` order. A library with an operator axis (``operators=``, or
+    ``TemplateLibrary(operators=[...])``; issue 16) adds an ``update_operator`` dimension last
+    and turns the rank axis into each operator's capacity (LoRA rank, trained blocks,
+    singular values); the inner env must allow every operator of the library.
 
     ## Observation Space
     ``Box(0, 1, shape=(passages_per_step + 1,), float32)``:
@@ -57,13 +60,16 @@ class DiscreteTemplateWrapper(gym.Wrapper):
         library: the template space; default :class:`TemplateLibrary` (4 baselines x 4 ranks
             x 4 learning rates x 3 epoch counts = 192 arms).
         flatten: use one ``Discrete`` action instead of ``MultiDiscrete``.
+        operators: with no ``library``: the default library with these update operators as
+            an axis (e.g. ``["lora", "full", "svd"]``: 576 arms); None = LoRA only.
 
     Steps of the inner env are deterministic for a seed, so the wrapped env passes
     ``gymnasium``'s and ``stable_baselines3``'s ``check_env``.
     """
 
     def __init__(
-        self, env: gym.Env, library: TemplateLibrary | None = None, *, flatten: bool = False
+        self, env: gym.Env, library: TemplateLibrary | None = None, *, flatten: bool = False,
+        operators: Sequence[str] | None = None,
     ) -> None:
         super().__init__(env)
         inner = env.observation_space
@@ -77,7 +83,12 @@ class DiscreteTemplateWrapper(gym.Wrapper):
         self._n_ids = int(np.prod(ids.shape))
         # Largest passage index: normalises ids into [0, 1] (1 for a one-passage corpus).
         self._id_scale = max(1.0, float(np.max(ids.high)))
-        self.library = library if library is not None else TemplateLibrary()
+        if library is not None and operators is not None:
+            raise ValueError("give operators to the library (TemplateLibrary(operators=...)),"
+                             " not beside it")
+        self.library = library if library is not None else (
+            TemplateLibrary(operators=list(operators)) if operators else TemplateLibrary())
+        self._check_operators(env)
         self.flatten = bool(flatten)
         self.action_space = (
             spaces.Discrete(self.library.n_arms)
@@ -87,6 +98,18 @@ class DiscreteTemplateWrapper(gym.Wrapper):
         self.observation_space = spaces.Box(
             low=0.0, high=1.0, shape=(self._n_ids + 1,), dtype=np.float32
         )
+
+    def _check_operators(self, env: gym.Env) -> None:
+        """Every arm must be an action the inner env accepts (its ``operators``)."""
+        config = getattr(env.unwrapped, "config", None)
+        allowed = getattr(config, "operators", None)
+        if allowed is None:
+            return
+        missing = [op for op in self.library.operators if op not in allowed]
+        if missing:
+            raise ValueError(f"the library's operators {missing} are not allowed by the env"
+                             f" (env.operators = {allowed}); allow them in the env, or give"
+                             " the library operators=[...] it allows")
 
     def action_to_arm(self, action: Any) -> Arm:
         """The library arm of a ``Discrete`` / ``MultiDiscrete`` action."""
