@@ -61,8 +61,12 @@ def test_run_writes_jsonl_tensorboard_and_table(tiny_model_dir, tmp_path, capsys
     assert (run_dir / "config.yaml").is_file() and (run_dir / "table.md").is_file()
     summary = json.loads((run_dir / "summary.json").read_text())
     assert [a["agent"] for a in summary["agents"]] == ["implications", "passage", "no_training"]
+    assert "_hparams_/session_start_info" in events.PluginTagToContent("hparams")
+    (session,) = json.loads((run_dir / "environment.json").read_text())
+    assert session["command"].startswith("selfedit run --config") and session["machine"]
     out = capsys.readouterr().out
     assert "| passage | 2 |" in out and "run directory" in out
+    assert "plan: 3 agent(s) x 1 seed(s) x 2 step(s) = 6 steps" in out
 
 
 def test_resume_finishes_a_killed_run_without_repeating(tiny_model_dir, tmp_path) -> None:
@@ -122,3 +126,27 @@ def test_overrides_may_follow_options() -> None:
     assert args.executor == "ray"
     with pytest.raises(SystemExit):  # anything else left over is still an error
         parse_args(["run", "--config", "c.yaml", "seed=1", "--executor", "ray", "--bogus"])
+
+
+def test_flag_commands_share_the_loader(tmp_path, capsys) -> None:
+    """recitation and bench inner-loop: file < key=value < --flags, all one loader."""
+    from selfedit.training.cli import RecitationArgs, _flag_values, parse_args
+    from selfedit.training.experiment import load_experiment
+    from selfedit.training.innerloop import InnerLoopConfig
+
+    config = tmp_path / "bench.yaml"
+    config.write_text("seed: 5\nprofile: true\nmatmul_size: 64\n")
+    args = parse_args(["bench", "inner-loop", "--config", str(config), "--no-profile",
+                       "seed=7", "--matmul-size", "32"])
+    cfg = load_experiment(InnerLoopConfig, args.config, args.overrides,
+                          values=_flag_values(args, InnerLoopConfig))
+    assert (cfg.seed, cfg.profile, cfg.matmul_size) == (7, False, 32)
+    assert main(["bench", "inner-loop", "matmul_size=big"]) == 2
+    assert "matmul_size must be int, got str 'big'" in capsys.readouterr().err
+
+    args = parse_args(["recitation", "passages=0:3", "--passages", "0:1"])
+    assert load_experiment(RecitationArgs, None, args.overrides,
+                           values=_flag_values(args, RecitationArgs)).passages == "0:1"
+    out = tmp_path / "table.md"
+    assert main(["recitation", "--passages", "0:1", "--output", str(out)]) == 0
+    assert out.read_text().startswith(capsys.readouterr().out.splitlines()[0])

@@ -64,6 +64,8 @@ class BenchmarkConfig(RunConfig):
             raise ConfigError("noise_template must be a fixed template (a baseline name or "
                               f"{{type: fixed, ...}}), got type {spec.get('type')!r}")
         check_agent_spec(spec, key="noise_template")
+        if self.noise_repeats:
+            self.noise_run_config()  # its names must be valid too, before anything runs
 
     @property
     def directory(self) -> Path:

@@ -381,7 +381,7 @@ def run_inner_loop_bench(cfg: InnerLoopConfig, *, command: str = "",
     """Run every measurement; write ``report.md`` and ``report.json``; return the report."""
     from selfedit.envs.precision import machine_precision
     from selfedit.training.innerloop_report import report_markdown
-    from selfedit.training.run import machine_description
+    from selfedit.training.provenance import machine_description
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)

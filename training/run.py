@@ -34,9 +34,8 @@ from selfedit.training.provenance import machine_description
 from selfedit.training.rundir import RunDir
 from selfedit.training.runlog import log_iteration, log_step
 
-__all__ = ["AgentSummary", "Episode", "iteration_record", "machine_description",
-           "missing_iterations", "plan_batches", "plan_episodes", "run", "summarize",
-           "summary_table"]
+__all__ = ["AgentSummary", "Episode", "iteration_record", "missing_iterations", "plan_batches",
+           "plan_episodes", "run", "summarize", "summary_table"]
 
 
 @dataclass(frozen=True)
