@@ -126,8 +126,9 @@ def trl_arguments(cfg: GRPORunConfig, output_dir: str, *, use_cpu: bool) -> dict
         logging_steps=1,
         save_strategy="steps" if cfg.save_steps else "no",
         save_steps=cfg.save_steps or 500,
-        # TensorBoard is the runner's own writer (tb/trl); W&B only when asked for.
-        report_to=["wandb"] if "wandb" in cfg.report_to else "none",
+        # TensorBoard is the runner's own writer (tb/trl), which report_to: [wandb] mirrors
+        # to W&B already; TRL's own trackers only when trl.report_to asks for them.
+        report_to="none",
         bf16=cfg.bf16,
         activation_checkpointing=cfg.gradient_checkpointing,
         use_cpu=use_cpu,
