@@ -354,19 +354,28 @@ def _add_training_commands(sub: argparse._SubParsersAction) -> None:
 def _config_keys(which: str) -> str:
     from selfedit.training.continual import ContinualConfig
     from selfedit.training.grpo import GRPORunConfig
+    from selfedit.training.policy_config import PolicyRunConfig
     from selfedit.training.restem import RestemConfig
     from selfedit.training.sft import SFTSettings
 
-    groups = ([("restem keys", RestemConfig), ("restem sft.* keys", SFTSettings),
-               ("grpo keys", GRPORunConfig)] if which == "training"
-              else [("continual keys", ContinualConfig)])
-    lines = []
-    for title, cls in groups:
-        lines.append(f"{title} (env.* keys: see `selfedit keys`):")
-        prefix = "sft." if cls is SFTSettings else ""
-        for name, default, text in field_help(cls):
-            if name not in ("env", "sft"):
-                lines.append(f"  {prefix}{name} = {default}\n      {text}")
+    if which != "training":
+        return _key_lines("continual keys", ContinualConfig)
+    shared = {name: default for name, default, _ in field_help(PolicyRunConfig)}
+    return "\n".join([
+        _key_lines("keys of every training run", PolicyRunConfig),
+        _key_lines("restem keys (algorithm: restem)", RestemConfig, skip=shared),
+        _key_lines("restem sft.* keys", SFTSettings, prefix="sft."),
+        _key_lines("grpo keys (algorithm: grpo)", GRPORunConfig, skip=shared)])
+
+
+def _key_lines(title: str, cls: type, *, skip: dict[str, str] | None = None,
+               prefix: str = "") -> str:
+    """``title`` and each key of ``cls`` with its default and help; a key in ``skip`` only
+    where its default differs."""
+    lines = [f"{title} (env.* keys: see `selfedit keys`):"]
+    for name, default, text in field_help(cls):
+        if name not in ("env", "sft") and (skip or {}).get(name) != default:
+            lines.append(f"  {prefix}{name} = {default}\n      {text}")
     return "\n".join(lines)
 
 
