@@ -141,8 +141,8 @@ class OracleSearchAgent(BaseAgent):
 
     def act(self, observation: dict[str, Any], info: dict[str, Any]) -> ArcAction:
         result = self.result_for(str(info.get("task_id", observation["task_index"])))
-        if result.solved:
-            return parse_recipe(result.recipe or {})[0]
+        if result.solved and result.recipe is not None:
+            return parse_recipe(result.recipe)[0]
         return self.recipes[min(result.tried, len(self.recipes) - 1)]
 
     def observe(self, action: ArcAction, reward: float, info: dict[str, Any]) -> None:

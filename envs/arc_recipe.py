@@ -47,6 +47,8 @@ DEFAULT_HYPERPARAMETERS = Hyperparameters(lora_rank=128, lora_alpha=16.0, learni
 _SEAL_GROUPS = {f"use_{g}_augmentations": g for g in AUGMENTATION_GROUPS}
 _SEAL_LOSS = {"train_using_all_tokens": "all", "train_using_output_tokens": "outputs"}
 _HP_KEYS = set(HP_RANGES)
+_RECIPE_KEYS = {"augmentations", "color_permutations", "loss", "hyperparameters",
+                "data_generation", "training", *_HP_KEYS}
 
 
 class RecipeError(TemplateError):
@@ -193,6 +195,13 @@ def parse_recipe(
     if not isinstance(action, dict):
         raise RecipeError(f"a recipe must be a JSON object, got {type(action).__name__}")
     report = dict(empty, ignored_keys=[])
+    if not set(action) & _RECIPE_KEYS:
+        # A small model's reply often holds some other JSON object; with no recipe key in it,
+        # it is not a recipe of defaults but no recipe at all.
+        raise RecipeError(
+            "the JSON object has none of the recipe's keys (augmentations, loss,"
+            f" learning_rate, num_epochs, ...): got {sorted(str(k) for k in action)[:6]}"
+        )
     raw = _from_seal(action, report) if ("data_generation" in action or
                                           "training" in action) else dict(action)
     nested = raw.pop("hyperparameters", None)

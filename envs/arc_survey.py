@@ -234,6 +234,8 @@ def run_survey(cfg: SurveyConfig, *, env: ArcEnv | None = None,
         restem = _restem_iteration(cfg, survey, writer, tasks, writer_records)
 
     summary = _summary(cfg, env, survey, oracle, restem, command)
+    if writer is not None:  # valid recipes written, retries, replies handed over invalid
+        summary["writer_counts"] = dict(writer.counts)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (run_dir / "summary.md").write_text(_markdown(summary))
     survey.log.close()
@@ -347,6 +349,9 @@ def _markdown(s: dict[str, Any]) -> str:
         orc = "-" if o is None else f"{'solved' if o['solved'] else 'no'} ({o['tried']}/{o['of']})"
         lines.append(f"| {task_id} | {t['split']} | {t['max_side']} | {t['demonstrations']} |"
                      f" {base} | {orc} | {', '.join(f'{w:g}' for w in t['writer']) or '-'} |")
+    if "writer_counts" in s:
+        lines += ["", f"Writer: {json.dumps(s['writer_counts'])} (attempts include retries;"
+                  " gave_up = replies handed to the env invalid, penalised)"]
     lines += ["", "## ReST-EM", "", "```json", json.dumps(s["restem"], indent=2), "```"]
     if s["skipped"]:
         lines += ["", "## Skipped (max_minutes)", ""] + [f"- {x}" for x in s["skipped"]]

@@ -218,6 +218,8 @@ def test_task_prompt_ends_where_the_output_grid_begins() -> None:
     ('{"color_permutations": 99}', "color_permutations"),
     ('{"data_generation": {"use_basic_augmentations": "yes"}}', "true or false"),
     ('{"training": {"strategy": "train_on_everything"}}', "training.strategy"),
+    ('{"name": "augmentation", "description": "a new type"}', "none of the recipe's keys"),
+    ("{}", "none of the recipe's keys"),
 ])
 def test_bad_recipes_raise_errors_that_say_what_to_fix(action: str, why: str) -> None:
     with pytest.raises(RecipeError, match=why):
