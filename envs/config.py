@@ -17,18 +17,30 @@ from typing import Any
 from selfedit.envs.templates import OPERATOR_NAMES
 
 __all__ = ["EnvConfig", "ConfigError", "check_keys", "check_types", "config_from_dict",
-           "field_help"]
+           "field_help", "param"]
 
 
 class ConfigError(ValueError):
     """A configuration value or key that cannot be used; the message says what to fix."""
 
 
-def _f(default: Any, help: str) -> Any:  # noqa: A002 - "help" reads best at call sites
+def param(default: Any = MISSING, help: str = "", *,  # noqa: A002 - "help" reads best
+          factory: Any = None) -> Any:
+    """A config field with its help text (``factory`` for mutable defaults such as lists).
+
+    The one field helper of every config dataclass (the env's here, the runners' in
+    :mod:`selfedit.training.experiment`). In a subclass of an experiment config, a field
+    that only changes a default may leave ``help`` out: it keeps the help it overrides.
+    """
+    if factory is not None:
+        return field(default_factory=factory, metadata={"help": help})
     return field(default=default, metadata={"help": help})
 
 
-GRADER_NAMES = ("contains", "exact_match", "f1", "judge")
+_f = param  # the short name the env's many fields below read best with
+
+
+GRADER_NAMES = ("committed", "contains", "exact_match", "f1", "judge")
 ENGINE_NAMES = ("hf", "vllm")
 
 
@@ -79,8 +91,11 @@ class EnvConfig:
     action_mode: str = _f("template", "'template' (instruction + hyperparameters, completed "
                           "by the self model) or 'self_edit' (SEAL: the action is the "
                           "training data; the observation shows the passage)")
-    reward_grader: str = _f("contains", "grader whose accuracy is the reward: contains "
-                            "(gold in a short answer), exact_match, f1, or judge")
+    reward_grader: str = _f("committed", "grader whose accuracy is the reward: committed "
+                            "(the answer commits to this question's gold: no lists, "
+                            "recitals or other questions' answers; resists the red team "
+                            "of selfedit recitation), contains (gold in a short answer; "
+                            "gameable by fact lists), exact_match, f1, or judge")
     judge: str = _f("local", "LLM judge for reward_grader=judge: 'local' (the base self "
                     "model) or an OpenAI-compatible base URL such as "
                     "https://api.openai.com/v1")

@@ -23,14 +23,14 @@ import json
 import re
 import types
 import typing
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import yaml
 
 from selfedit.agents.registry import check_name
-from selfedit.envs.config import ConfigError, EnvConfig, check_keys, check_types
+from selfedit.envs.config import ConfigError, EnvConfig, check_keys, check_types, param
 
 __all__ = [
     "MAX_CONFIG_BYTES",
@@ -51,18 +51,6 @@ MAX_CONFIG_BYTES = 1 << 20  # a config is a few kB; a larger file is a mistake o
 MAX_CONFIG_NODES = 100_000  # YAML nodes after aliases are expanded ("billion laughs" guard)
 MAX_SEED = 2**31 - 1
 TRACKERS = ("wandb",)  # optional trackers besides TensorBoard; imported only when asked for
-
-
-def param(default: Any = MISSING, help: str = "", *,  # noqa: A002 - "help" reads best
-          factory: Any = None) -> Any:
-    """A config field with its help text (``factory`` for mutable defaults such as lists).
-
-    In a subclass of :class:`ExperimentConfig`, a field that only changes a default may leave
-    ``help`` out: it keeps the help of the field it overrides.
-    """
-    if factory is not None:
-        return field(default_factory=factory, metadata={"help": help})
-    return field(default=default, metadata={"help": help})
 
 
 @dataclass

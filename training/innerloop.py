@@ -33,14 +33,14 @@ import tempfile
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from selfedit.envs.config import ConfigError
+from selfedit.envs.config import ConfigError, param
 from selfedit.envs.corpus import Passage
 from selfedit.envs.library import HUMAN_BASELINES, human_baseline
 from selfedit.envs.selfedit_env import SelfEditEnv, SlotRequest, cfg_prompt
@@ -52,35 +52,30 @@ PAD_TO = 2048  # what the SEAL-style reference pads every sequence to (issue 6)
 TRAINING_BASELINES = [n for n in HUMAN_BASELINES if n != "no_training"]
 
 
-def _help(default: Any, text: str) -> Any:
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata={"help": text})
-    return field(default=default, metadata={"help": text})
-
-
 @dataclass
 class InnerLoopConfig:
     """What ``selfedit bench inner-loop`` measures; every field is a command-line flag."""
 
-    model: str = _help("embedded", "model: embedded, a hub id, a directory or a .gguf file")
-    dtype: str = _help("auto", "weights dtype (auto: what the env would choose here)")
-    corpus: str = _help("embedded", "passages: embedded, a SQuAD/records file, ...")
-    passages: str = _help("0:4", "passage selection, e.g. 0:4")
-    templates: list[str] = _help(TRAINING_BASELINES, "human baselines whose evaluations make "
-                                 "the work (templates x passages pairs)")
-    ks: list[int] = _help([1, 4, 8, 16], "pairs evaluated per batched call; 1 is the "
-                          "sequential lean loop")
-    num_epochs: int | None = _help(None, "override the templates' epochs (default: their own)")
-    reference_requests: int = _help(2, "SEAL-style requests to time (0 skips the reference)")
-    micro_batch_size: int = _help(4, "sequences per micro-batch of one adapter")
-    completion_max_tokens: int = _help(192, "max new tokens of a template completion")
-    pad_to: int = _help(PAD_TO, "the reference's fixed sequence length (SEAL pads to 2048)")
-    matmul_size: int = _help(2048, "matmul size of the peak measurement")
-    matmul_seconds: float = _help(2.0, "seconds per precision of the peak measurement")
-    profile: bool = _help(True, "profile the training (where the time goes)")
-    threads: int | None = _help(None, "torch threads (default: torch's, all cores)")
-    output: str = _help("results/inner_loop", "report directory")
-    seed: int = _help(0, "seed of the evaluations (passage draws are fixed by passages)")
+    model: str = param("embedded", "model: embedded, a hub id, a directory or a .gguf file")
+    dtype: str = param("auto", "weights dtype (auto: what the env would choose here)")
+    corpus: str = param("embedded", "passages: embedded, a SQuAD/records file, ...")
+    passages: str = param("0:4", "passage selection, e.g. 0:4")
+    templates: list[str] = param(help="human baselines whose evaluations make the work "
+                                 "(templates x passages pairs)",
+                                 factory=lambda: list(TRAINING_BASELINES))
+    ks: list[int] = param(help="pairs evaluated per batched call; 1 is the sequential lean "
+                          "loop", factory=lambda: [1, 4, 8, 16])
+    num_epochs: int | None = param(None, "override the templates' epochs (default: their own)")
+    reference_requests: int = param(2, "SEAL-style requests to time (0 skips the reference)")
+    micro_batch_size: int = param(4, "sequences per micro-batch of one adapter")
+    completion_max_tokens: int = param(192, "max new tokens of a template completion")
+    pad_to: int = param(PAD_TO, "the reference's fixed sequence length (SEAL pads to 2048)")
+    matmul_size: int = param(2048, "matmul size of the peak measurement")
+    matmul_seconds: float = param(2.0, "seconds per precision of the peak measurement")
+    profile: bool = param(True, "profile the training (where the time goes)")
+    threads: int | None = param(None, "torch threads (default: torch's, all cores)")
+    output: str = param("results/inner_loop", "report directory")
+    seed: int = param(0, "seed of the evaluations (passage draws are fixed by passages)")
 
     def __post_init__(self) -> None:
         unknown = [t for t in self.templates if t not in TRAINING_BASELINES]
@@ -381,6 +376,7 @@ def run_inner_loop_bench(cfg: InnerLoopConfig, *, command: str = "",
     """Run every measurement; write ``report.md`` and ``report.json``; return the report."""
     from selfedit.envs.precision import machine_precision
     from selfedit.training.innerloop_report import report_markdown
+    from selfedit.training.jsonio import write_json_atomic
     from selfedit.training.provenance import machine_description
 
     if cfg.threads:
@@ -454,7 +450,7 @@ def run_inner_loop_bench(cfg: InnerLoopConfig, *, command: str = "",
     report["matmul_gflops"] = {d: max(peaks[d], end[d]) for d in peaks}
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_json_atomic(out / "report.json", report)
     text = report_markdown(report)
     (out / "report.md").write_text(text)
     log("\n" + text)
