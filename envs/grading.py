@@ -7,41 +7,46 @@ has the signature described by :class:`Grader`::
     grader(answers: list[str], golds: list[list[str]], **kwargs) -> list[float]
 
 ``answers[i]`` is graded against every string in ``golds[i]`` (SQuAD lists several acceptable
-answers per question) and the best match counts. Keyword arguments a grader does not need,
-such as ``questions``, are accepted and ignored, so the env can hand the same arguments to
-every grader.
+answers per question) and the best match counts. The env hands every grader what it may need
+about the passage as keyword arguments (see :class:`Grader`); a grader ignores those it does
+not use.
 
 Graders, strictest first:
 
 * :func:`exact_match`: the SQuAD v1.1 exact-match metric.
 * :func:`token_f1`: the SQuAD v1.1 token-overlap F1.
+* :func:`committed` (the default reward): the answer commits to *this* question's gold: the
+  gold appears in the shortened answer, and the answer holds no other question's gold, no
+  competing number, and at most ``max_extra`` further words of the passage once the
+  question's own words are set aside (issue 12).
 * :func:`contains`: lenient; a gold answer appears as a run of whole tokens in the answer.
-* :class:`LLMJudge`: a model decides whether the answer means the same as a gold answer.
+* :class:`~selfedit.envs.judge.LLMJudge`: a model decides whether the answer means the same
+  as a gold answer (in :mod:`selfedit.envs.judge`, re-exported here).
 
 Why answers are shortened before lenient grading: a model that has memorised the passage can
 "answer" any question about it by reciting the passage. Exact match and F1 punish that on
 their own (a recital equals no gold and has low token precision), but "the gold appears
 somewhere in the answer" and "a judge can find the right answer in there" would both reward
 it, and the policy would learn to make the model recite rather than learn the facts. So
-:func:`contains` and :class:`LLMJudge` only see :func:`shorten_answer`'s view of an answer:
-its first line, up to the end of its first sentence, at most ``max_words`` words.
+:func:`contains`, :func:`committed` and the judge only see :func:`shorten_answer`'s view of an
+answer: its first line, up to the end of its first sentence, at most ``max_words`` words.
+Shortening alone is not enough: an answer that lists the passage's names and numbers, or
+recites the one sentence that holds the gold, still scores under :func:`contains`
+(``selfedit recitation`` measures every grader against such strategies); :func:`committed`
+closes those.
 
 Empty gold answers (or golds such as "the" that normalise to nothing) never match, so an empty
 answer can never score against a data-set glitch.
 """
 
-import json
-import os
 import re
 import string
-import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections import Counter
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Protocol
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+
+if TYPE_CHECKING:  # the judge lives in selfedit.envs.judge, which imports this module
+    from selfedit.envs.judge import JUDGE_PROMPT, GenerateFn, LLMJudge, parse_verdict
 
 __all__ = [
     "GRADERS",
@@ -49,8 +54,10 @@ __all__ = [
     "GenerateFn",
     "Grader",
     "LLMJudge",
+    "committed",
     "contains",
     "exact_match",
+    "first_sentence",
     "grade_all",
     "normalize_answer",
     "parse_verdict",
@@ -58,14 +65,39 @@ __all__ = [
     "token_f1",
 ]
 
+# The judge moved to selfedit.envs.judge (issue 14); these names stay importable from here.
+# Resolved lazily because judge.py imports this module's text helpers.
+_JUDGE_NAMES = frozenset({"JUDGE_PROMPT", "GenerateFn", "LLMJudge", "parse_verdict"})
+
+
+def __getattr__(name: str) -> Any:
+    """Re-export the judge's public names (``grading.LLMJudge`` keeps working)."""
+    if name in _JUDGE_NAMES:
+        from selfedit.envs import judge
+
+        return getattr(judge, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 class Grader(Protocol):
     """What the env calls to score a batch of answers.
 
+    A grader is any callable with this signature; it must accept (and may ignore) every
+    keyword below, and any further keyword, so the env can hand all graders the same ones.
+
     Args:
         answers: One answer per question, as the model produced it.
         golds: For each answer, the acceptable gold answers (any one may match).
-        **kwargs: Extra context (e.g. ``questions``); graders ignore what they do not use.
+        **kwargs: What the env passes about the passage and the step; a grader uses what it
+            needs and must work (possibly more strictly) when a keyword is missing:
+
+            - ``questions`` (``list[str]``): the question text of each answer;
+            - ``title`` (``str``): the passage's title;
+            - ``context`` (``str``): the passage's text;
+            - ``passage_golds`` (``list[list[str]]``): the gold answers of *all* the
+              passage's questions, one list per question (``golds`` may be a subset);
+            - ``time_budget_s`` (``float``): seconds left of the step's budget; a grader that
+              calls out (the judge) must return or raise within it.
 
     Returns:
         One score in [0, 1] per answer, in the order of ``answers``.
@@ -75,10 +107,6 @@ class Grader(Protocol):
         self, answers: list[str], golds: list[list[str]], **kwargs: Any
     ) -> list[float]: ...
 
-
-# A local model as the judge sees it: prompts in, one reply per prompt out. The env's backend
-# supplies it (applying a chat template if its model needs one).
-GenerateFn = Callable[[list[str], int], list[str]]
 
 # --------------------------------------------------------------------------------------------
 # Normalisation and shortening
@@ -161,13 +189,24 @@ def shorten_answer(text: str, max_words: int = 12) -> str:
     """
     if max_words < 1:
         raise ValueError(f"max_words must be at least 1, got {max_words}")
+    return " ".join(first_sentence(text).split()[:max_words])
+
+
+def first_sentence(text: str) -> str:
+    """The first non-empty line of an answer, cut after its first sentence.
+
+    What :func:`shorten_answer` cuts to before it caps the number of words; sentence ends
+    are found the same way (not in "3.5", "J. K." or "Dr.").
+
+    >>> first_sentence("\\n Paris is the capital. It is big.")
+    'Paris is the capital.'
+    """
     line = next((line.strip() for line in text.splitlines() if line.strip()), "")
     for match in _SENTENCE_END.finditer(line):
         if match.group() == "." and _is_abbreviation(line[: match.start()]):
             continue
-        line = line[: match.end()]
-        break
-    return " ".join(line.split()[:max_words])
+        return line[: match.end()]
+    return line
 
 
 # --------------------------------------------------------------------------------------------
@@ -292,12 +331,369 @@ def contains(
     return scores
 
 
+# --------------------------------------------------------------------------------------------
+# committed: the gaming-resistant reward grader (issue 12)
+# --------------------------------------------------------------------------------------------
+
+# Function words never count as further words: answers may restate the question in a
+# sentence ("It was built in 1901 by the city") without losing credit. Written for this
+# project; deliberately small, since every word listed here is one a list can hide behind.
+_FUNCTION_WORDS = frozenset(
+    """
+    a an the of in on at by for to from with as into onto upon over under about after before
+    during since until than then that this these those there here it its is are was were be
+    been being am has have had do does did done will would shall should can could may might
+    must and or but nor if so because while which who whom whose what when where why how
+    also only just very some any each every all both either such own same he she they them
+    their theirs his her hers him we us our you your i me my itself himself herself
+    themselves called named known around approximately roughly nearly almost more most less
+    answer
+    """.split()
+)
+# Number words up to twenty and the tens: "Seventeen" and "17" are the same answer.
+_NUMBER_WORDS = {
+    word: str(value)
+    for value, word in enumerate(
+        "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen"
+        " fifteen sixteen seventeen eighteen nineteen twenty".split()
+    )
+} | {
+    word: str(10 * tens)
+    for tens, word in enumerate("thirty forty fifty sixty seventy eighty ninety".split(), 3)
+}
+_SUFFIXES = ("ing", "ed", "es", "s", "e")
+_OPENING_MARKS = "\"'([\u201c\u2018"
+# A number as SQuAD normalisation leaves it: "1993", "2817" (from "2,817"), "24\u201310",
+# "1990s", "7th"; not a name that holds a digit, such as "wren2".
+_NUMBER = re.compile(r"\d[\d\u2013\u2014-]*(?:st|nd|rd|th|s)?")
+_ORDINAL = re.compile(r"(?<=\d)(?:st|nd|rd|th|s)$")
+# A comma followed by one of these, or a semicolon, starts a further clause: "1974, and the
+# visitor centre ...", "in 1816, when the partitions ...".
+_CLAUSE_WORDS = frozenset(
+    "and but which where when while whereas who whose so yet although though ending making"
+    .split()
+)
+# These start a further clause even without a comma ("named after a tavern where it burned
+# for 133 years"), unless they open the answer.
+_RELATIVE_WORDS = frozenset("which where who whose".split())
+# "and"/"but" followed by one of these starts a further clause even without a comma: "closed
+# in 1958 and is now a footpath".
+_CLAUSE_VERBS = frozenset("is are was were has have had will would can could".split())
+# An answer's first sentence is read up to this many words: the env's answers are far
+# shorter (answer_max_tokens), and the bound keeps grading linear in a hostile answer.
+_MAX_SENTENCE_WORDS = 80
+
+
+def _is_number(token: str) -> bool:
+    return bool(_NUMBER.fullmatch(token))
+
+
+def _stem(token: str) -> str:
+    """A crude stem, only used to tell whether two words are the same word ("drains",
+    "drained"; "Kaldane's", "Kaldane"; "50th", "50").
+
+    >>> [_stem(t) for t in ["drains", "drained", "kaldanes", "kaldane", "used", "use", "50th"]]
+    ['drain', 'drain', 'kaldan', 'kaldan', 'us', 'us', '50']
+    """
+    if any(ch.isdigit() for ch in token):
+        return _ORDINAL.sub("", token) if _is_number(token) else token
+    for suffix in _SUFFIXES:
+        if token.endswith(suffix) and len(token) - len(suffix) >= 2:
+            return token[: -len(suffix)]
+    return token
+
+
+def _tokens(text: str) -> list[str]:
+    """SQuAD-normalised tokens with number words written as digits.
+
+    >>> _tokens("The Seventeen harbours!")
+    ['17', 'harbours']
+    """
+    return [_NUMBER_WORDS.get(token, token) for token in normalize_answer(text).split()]
+
+
+def _stems(tokens: Iterable[str]) -> set[str]:
+    return {_stem(token) for token in tokens}
+
+
+class _Word(NamedTuple):
+    """One word of an answer as :func:`committed` reads it."""
+
+    token: str  # SQuAD-normalised, number words as digits
+    fact: bool  # a number, or written with a capital anywhere but at the start (a name)
+    clause: int  # which clause of the sentence the word is in, from 0
+    capital: bool  # written with a capital (at the start, a name or just the first word)
+
+
+def _words(sentence: str) -> list[_Word]:
+    """The words of a sentence (at most ``_MAX_SENTENCE_WORDS``), see :class:`_Word`.
+
+    A new clause starts after a semicolon, at a comma followed by "and", "which", "when",
+    ..., at "which", "where", "who" or "whose" anywhere but at the start, and at "and"/"but"
+    followed by "is", "was", "has", ...
+
+    >>> [(w.token, w.fact, w.clause) for w in _words("In 9 June, which")]
+    [('in', False, 0), ('9', True, 0), ('june', True, 0), ('which', False, 1)]
+    """
+    words: list[_Word] = []
+    clause = 0
+    previous = ""
+    for position, raw in enumerate(sentence.split()[:_MAX_SENTENCE_WORDS]):
+        token = normalize_answer(raw)  # one whitespace-free word gives at most one token
+        if (previous.endswith(";") or (previous.endswith(",") and token in _CLAUSE_WORDS)
+                or (token in _RELATIVE_WORDS and words)
+                or (normalize_answer(previous) in ("and", "but") and token in _CLAUSE_VERBS)):
+            clause += 1
+        previous = raw
+        if not token:
+            continue
+        token = _NUMBER_WORDS.get(token, token)
+        capital = raw.lstrip(_OPENING_MARKS)[:1].isupper()
+        fact = _is_number(token) or (position > 0 and capital)
+        words.append(_Word(token, fact, clause, capital))
+    return words
+
+
+def _kind(words: Sequence[_Word]) -> str:
+    """What sort of answer a run of words is: a number, a name, or plain words."""
+    if any(_is_number(w.token) for w in words):
+        return "number"
+    return "name" if any(w.fact for w in words) else "plain"
+
+
+def _find_run(tokens: list[str], run: list[str]) -> int:
+    """Index where ``run`` starts as consecutive whole tokens in ``tokens``, or -1."""
+    width = len(run)
+    for start in range(len(tokens) - width + 1):
+        if tokens[start : start + width] == run:
+            return start
+    return -1
+
+
+def _commits(
+    sentence: str,
+    gold_runs: list[list[str]],
+    question: str | None,
+    title: str | None,
+    other_golds: list[list[str]],
+    passage_vocab: set[str] | None,
+    max_words: int,
+    max_extra: int,
+) -> bool:
+    """Decide one answer for :func:`committed`; the rules are documented there."""
+    words = _words(sentence)
+    tokens = [w.token for w in words]
+    gold = _stems(token for run in gold_runs for token in run)
+    asked_only = _stems(_tokens(question)) if question is not None else set()
+    # Words of the question and of the title restate what is asked about, not the answer.
+    asked = asked_only | (_stems(_tokens(title)) if title else set())
+    # Rule 1: a gold as whole tokens, within the first max_words words that do not restate
+    # the question (restating is not reciting).
+    new_words = [k for k, t in enumerate(tokens) if _stem(t) not in asked]
+    horizon = new_words[max_words - 1] if len(new_words) >= max_words else len(tokens)
+    starts = {tuple(run): _find_run(tokens, run) for run in gold_runs}
+    matched = [run for run in gold_runs if 0 <= starts[tuple(run)] <= horizon - len(run)]
+    if not matched:
+        return False
+    start = starts[tuple(matched[0])]
+    end = start + len(matched[0])
+    # Rule 2: a gold that the question itself holds is in any echo of the question; an
+    # answer holding most of the question's other words is such an echo.
+    if all(_stems(run) <= asked_only for run in matched):
+        others = {t for t in asked_only - gold if t not in _FUNCTION_WORDS}
+        if others and len(others & _stems(tokens)) >= 0.75 * len(others):
+            return False
+    # Rule 3: another question's gold, unless it is part of this gold or of what is asked.
+    for run in other_golds:
+        if _find_run(tokens, run) >= 0 and not _stems(run) <= gold | asked:
+            return False
+    # Rule 4, hedges: the gold joined by "and"/"or" to another candidate of its kind ("blue
+    # and gold", "the River Sillow or the River Audle"): the nearest word beyond the joiner
+    # that is not a function word or a word of the gold.
+    kind = _kind(words[start:end])
+    for joiner, step in ((start - 1, -1), (end, 1)):
+        if not 0 <= joiner < len(tokens) or tokens[joiner] not in ("and", "or", "nor"):
+            continue
+        k = joiner + step
+        while 0 <= k < len(tokens) and (tokens[k] in _FUNCTION_WORDS
+                                        or _stem(tokens[k]) in gold):
+            k += step
+        if 0 <= k < len(tokens) and _stem(tokens[k]) not in asked:
+            other = _kind([words[k]])
+            # A capitalised first word may be a name or just the sentence's first word.
+            if other == kind or (words[k].capital and kind != "number" and other != "number"):
+                return False
+    # Rules 5-7: further words. Each counts once (repeating is not reciting); names and
+    # numbers count wherever they come from, plain words only when the passage has them (a
+    # hallucinated detail is not a way to game a grader, a recited one is).
+    answer_clause = words[start].clause
+    numeric_gold = any(_is_number(w.token) for w in words[start:end])
+    extra: set[str] = set()
+    seen: set[str] = set()
+    for word in words:
+        stem = _stem(word.token)
+        repeated = stem in seen
+        seen.add(stem)
+        if word.token in _FUNCTION_WORDS or stem in gold or stem in asked:
+            continue
+        if word.clause != answer_clause and not repeated:
+            return False  # rule 7: a further clause says something of its own (a recital)
+        if numeric_gold and _is_number(word.token):
+            return False  # rule 5: a second number competes with a numeric gold
+        if word.fact or passage_vocab is None or stem in passage_vocab:
+            extra.add(stem)
+    return len(extra) <= max_extra  # rule 6
+
+
+def committed(
+    answers: list[str],
+    golds: list[list[str]],
+    *,
+    questions: Sequence[str] | None = None,
+    title: str | None = None,
+    context: str | None = None,
+    passage_golds: Sequence[Sequence[str]] | None = None,
+    max_words: int = 12,
+    max_extra: int = 2,
+    **kwargs: Any,
+) -> list[float]:
+    """Score 1.0 where the answer commits to this question's gold, and to nothing else.
+
+    The default reward grader (issue 12). :func:`contains` pays any answer whose first
+    sentence holds the gold, so an answer that lists the passage's names and numbers, or
+    recites the sentence that holds the answer, scores on many questions without knowing
+    any. Here the answer's first sentence (:func:`first_sentence`) is tokenised as SQuAD
+    does (number words read as digits), words that restate the question or the passage's
+    title are set aside, and the answer scores 1.0 only when all of these hold:
+
+    1. a gold appears in it as whole tokens, within its first ``max_words`` words that do
+       not restate the question;
+    2. if the question itself holds that gold, the answer is not an echo of the question
+       (it does not hold 3/4 of the question's other words);
+    3. it holds no gold answer of the passage's *other* questions (``passage_golds``),
+       unless that gold is part of this question's gold or of the question or title;
+    4. the gold is not joined by "and"/"or" to another candidate of its kind (a number to a
+       number, a name to a name: "1974 or 1975", "blue and gold");
+    5. beside a numeric gold there is no further number ("1460, 1974");
+    6. it holds at most ``max_extra`` further words: names and numbers (words written with a
+       capital, other than the first) wherever they come from, plain words when the passage
+       has them; each counted once. A short description of the answer fits ("Tarn Ellick,
+       a market town"); a recital of the sentence around the gold does not;
+    7. no further clause (after a semicolon, ", and ...", ", which ...", "where ...",
+       "and is ...") says anything of its own (words it repeats do not count).
+
+    Words are compared by a crude stem ("drained" restates "drains"); a small list of
+    function words never counts. Strategies that need no knowledge of the question fail: a
+    list of the passage's names holds other questions' golds (3) or further names (6); the
+    passage's first sentence, or the sentence that holds the gold, brings further names,
+    numbers and words (5-7); a question echo holds no gold (1) or is an echo (2).
+    ``selfedit recitation`` measures every grader against such strategies, and
+    ``selfedit graders`` against hand labels (results/grader_validity/).
+
+    Missing keywords degrade to what can still be checked, always towards strictness:
+    without ``questions`` the words restating the question count as further words (only
+    near-bare answers pass); without ``context`` and ``title`` every further plain word
+    counts, not only the passage's; without ``passage_golds`` rule 3 uses the other entries
+    of ``golds`` (nothing to check when ``golds`` holds one question).
+
+    Args:
+        answers: One answer per question.
+        golds: The acceptable gold answers for each question.
+        questions: The question of each answer.
+        title: The passage's title (restating it is not a further word).
+        context: The passage's text.
+        passage_golds: The gold answers of all the passage's questions, one list per
+            question.
+        max_words: Rule 1's horizon, as in :func:`shorten_answer`.
+        max_extra: Rule 6's limit.
+        **kwargs: Ignored; accepted so every grader takes the same arguments.
+
+    Returns:
+        1.0 or 0.0 per answer.
+
+    Raises:
+        ValueError: If ``questions`` is given with the wrong length, or a limit is out of
+            range.
+
+    A natural sentence answer, and a bare one:
+
+    >>> passage = ("Kaldane's tide clock used a column of mercury to predict high water "
+    ...            "to within four minutes. It was patented in 1849 at Belcaster. The Hobb "
+    ...            "Bridge opened in 1901 after nine years of work.")
+    >>> qs = ["What did Kaldane's tide clock use?", "When was the tide clock patented?",
+    ...       "When did the bridge open?"]
+    >>> gs = [["a column of mercury"], ["1849"], ["1901"]]
+    >>> kw = dict(questions=qs, context=passage, passage_golds=gs)
+    >>> committed(["Kaldane's tide clock used a column of mercury", "In 1849.",
+    ...            "The bridge opened in 1901."], gs, **kw)
+    [1.0, 1.0, 1.0]
+
+    A list of the passage's facts, and the same list behind "It is", for every question:
+
+    >>> facts = "Kaldane, mercury, 1849, Hobb Bridge, 1901"
+    >>> committed([facts] * 3, gs, **kw), committed(["It is " + facts] * 3, gs, **kw)
+    ([0.0, 0.0, 0.0], [0.0, 0.0, 0.0])
+
+    Reciting the sentence that holds the gold (rule 6), a hedge (rule 4), a second number
+    (rule 5), a further clause (rule 7):
+
+    >>> committed(["Kaldane's tide clock used a column of mercury to predict high water "
+    ...            "to within four minutes.", "In 1849 or 1850.",
+    ...            "It opened in 1901 after nine years of work."], gs, **kw)
+    [0.0, 0.0, 0.0]
+    >>> committed(["", "In 1849, and it was sold at Belcaster.", ""], gs, **kw)[1]
+    0.0
+
+    A question echo, yes/no, and another question's gold:
+
+    >>> committed([qs[0], "yes", "1849"], gs, **kw)
+    [0.0, 0.0, 0.0]
+
+    Without the keywords the grader is stricter, never more lenient:
+
+    >>> answer = ["The Hobb Bridge at Belcaster opened in 1901."]
+    >>> committed(answer, [["1901"]]), committed(answer, [["1901"]], questions=["When?"])
+    ([0.0], [0.0])
+    >>> committed(answer, [["1901"]], questions=["When did the Hobb Bridge open?"])
+    [1.0]
+    """
+    _check_batch(answers, golds)
+    if questions is not None and len(questions) != len(answers):
+        raise ValueError(
+            f"questions must have one entry per answer, "
+            f"got {len(questions)} questions and {len(answers)} answers"
+        )
+    if max_words < 1 or max_extra < 0:
+        raise ValueError(
+            f"max_words must be >= 1 and max_extra >= 0, got max_words={max_words} and "
+            f"max_extra={max_extra}"
+        )
+    every_gold = passage_golds if passage_golds is not None else golds
+    all_runs = {tuple(run) for gold_list in every_gold for run in map(_tokens, gold_list) if run}
+    passage_vocab: set[str] | None = None
+    if context is not None or title is not None:
+        passage_vocab = _stems(_tokens(f"{title or ''} {context or ''}"))
+    scores = []
+    for i, (answer, answer_golds) in enumerate(zip(answers, golds, strict=True)):
+        gold_runs = [run for run in map(_tokens, answer_golds) if run]
+        if not gold_runs:
+            scores.append(0.0)  # a gold that normalises to nothing never matches
+            continue
+        others = [list(run) for run in sorted(all_runs - {tuple(run) for run in gold_runs})]
+        question = questions[i] if questions is not None else None
+        hit = _commits(first_sentence(answer), gold_runs, question, title, others,
+                       passage_vocab, max_words, max_extra)
+        scores.append(float(hit))
+    return scores
+
+
 GRADERS: dict[str, Grader] = {
     "exact_match": exact_match,
     "f1": token_f1,
     "contains": contains,
+    "committed": committed,
 }
-"""The cheap graders, by the name their scores are reported under. :class:`LLMJudge` is not
+"""The cheap graders, by the name their scores are reported under. The LLM judge is not
 here because it needs a model; the env adds it when one is configured."""
 
 
@@ -313,313 +709,8 @@ def grade_all(answers: list[str], golds: list[list[str]], **kwargs: Any) -> dict
         The scores of each grader, keyed by its name in :data:`GRADERS`.
 
     >>> grade_all(["Paris."], [["Paris"]])
-    {'exact_match': [1.0], 'f1': [1.0], 'contains': [1.0]}
+    {'exact_match': [1.0], 'f1': [1.0], 'contains': [1.0], 'committed': [1.0]}
     """
     return {name: grader(answers, golds, **kwargs) for name, grader in GRADERS.items()}
 
 
-# --------------------------------------------------------------------------------------------
-# Model judge
-# --------------------------------------------------------------------------------------------
-
-JUDGE_PROMPT = (
-    "You are checking answers to a quiz.\n"
-    "Question: {question}\n"
-    "Correct answer(s): {golds}\n"
-    "Proposed answer: {answer}\n"
-    "Does the proposed answer give the same answer as one of the correct answers? Wording, "
-    "spelling and extra detail do not matter as long as the meaning matches.\n"
-    "Reply with a single word: yes or no."
-)
-"""The default judge prompt; its fields are ``{question}``, ``{golds}`` and ``{answer}``."""
-
-_VERDICT = re.compile(r"\b(yes|no)\b", re.IGNORECASE)
-_LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
-
-
-def parse_verdict(reply: str) -> float | None:
-    """Read a judge's reply: the first standalone "yes" or "no", in any case, decides.
-
-    Args:
-        reply: The judge model's raw reply.
-
-    Returns:
-        1.0 for yes, 0.0 for no, None if the reply contains neither word.
-
-    >>> parse_verdict("Yes, it matches.")
-    1.0
-    >>> parse_verdict("**No**")
-    0.0
-    >>> parse_verdict("I do not know") is None
-    True
-    """
-    match = _VERDICT.search(reply)
-    if match is None:
-        return None
-    return 1.0 if match.group(1).lower() == "yes" else 0.0
-
-
-def _is_transient(status: int) -> bool:
-    """Tell whether an HTTP status is worth retrying (rate limits and server errors)."""
-    return status == 429 or status >= 500
-
-
-class LLMJudge:
-    """Grade answers by asking a model whether each one is correct.
-
-    The judge sees the question, the gold answer(s) and the answer cut by
-    :func:`shorten_answer` (so a recital of the passage is not graded as a whole), and is
-    asked for a one-word "yes" or "no". Replies without either word score 0.0 and are
-    counted in :attr:`unparsed`. Answers that are empty after shortening, and questions
-    without a usable gold answer, score 0.0 without a model call.
-
-    The model is reached one of two ways, chosen at construction:
-
-    * local: ``LLMJudge(generate=fn)`` where ``fn(prompts, max_new_tokens)`` returns one
-      reply per prompt (the env's backend provides it);
-    * endpoint: ``LLMJudge(base_url="http://host:port/v1", model="gpt-4.1")`` posts to the
-      OpenAI-compatible ``{base_url}/chat/completions``. The API key is read from the
-      environment variable named by ``api_key_env`` on every call and never kept on the
-      object, so logging or serialising the judge cannot leak it.
-
-    Attributes:
-        unparsed: Replies so far that had neither "yes" nor "no" (scored 0.0).
-        judged: Verdicts asked of the model so far; ``unparsed / judged`` is the failure rate.
-
-    >>> def scripted(prompts: list[str], max_new_tokens: int) -> list[str]:
-    ...     return ["Yes." if "Proposed answer: Paris" in p else "no" for p in prompts]
-    >>> judge = LLMJudge(generate=scripted)
-    >>> judge(["Paris. It is big.", "Rome"], [["Paris"], ["Paris"]],
-    ...       questions=["Capital of France?", "Capital of France?"])
-    [1.0, 0.0]
-    """
-
-    def __init__(
-        self,
-        generate: GenerateFn | None = None,
-        *,
-        base_url: str | None = None,
-        model: str | None = None,
-        api_key_env: str = "OPENAI_API_KEY",
-        max_words: int = 12,
-        max_new_tokens: int = 8,
-        timeout_s: float = 60.0,
-        max_retries: int = 2,
-        backoff_s: float = 1.0,
-        concurrency: int = 4,
-        prompt_template: str = JUDGE_PROMPT,
-    ) -> None:
-        """Configure the judge.
-
-        Args:
-            generate: A local model, ``generate(prompts, max_new_tokens) -> replies``.
-            base_url: An OpenAI-compatible API root such as ``http://127.0.0.1:8000/v1``.
-            model: The model name sent to the endpoint; required with ``base_url``.
-            api_key_env: The environment variable holding the endpoint's API key. It may be
-                unset only for a localhost endpoint.
-            max_words: Passed to :func:`shorten_answer` before judging.
-            max_new_tokens: Reply budget; a one-word verdict needs only a few tokens.
-            timeout_s: Per-request timeout for the endpoint.
-            max_retries: Retries after a transient endpoint failure (connection errors,
-                timeouts, HTTP 429 and 5xx); other HTTP errors fail at once.
-            backoff_s: First retry delay; it doubles on each further retry.
-            concurrency: Endpoint requests in flight at once.
-            prompt_template: The judge prompt, with ``{question}``, ``{golds}`` and
-                ``{answer}`` fields.
-
-        Raises:
-            ValueError: If not exactly one of ``generate`` and ``base_url`` is given, or a
-                setting is out of range.
-        """
-        if (generate is None) == (base_url is None):
-            raise ValueError(
-                "LLMJudge needs exactly one model: pass generate=fn for a local model or "
-                "base_url='http://host:port/v1' (with model=...) for an endpoint"
-            )
-        if base_url is not None:
-            parsed = urllib.parse.urlsplit(base_url)
-            # urllib would also open file:// and ftp:// URLs; a judge must only speak HTTP.
-            if parsed.scheme not in ("http", "https") or not parsed.hostname:
-                raise ValueError(
-                    f"base_url must be an http(s) URL such as 'http://127.0.0.1:8000/v1', "
-                    f"got {base_url!r}"
-                )
-            if not model:
-                raise ValueError("an endpoint judge needs model=..., e.g. model='gpt-4.1'")
-        for name, value, low in (
-            ("max_words", max_words, 1),
-            ("max_new_tokens", max_new_tokens, 1),
-            ("max_retries", max_retries, 0),
-            ("concurrency", concurrency, 1),
-        ):
-            if value < low:
-                raise ValueError(f"{name} must be at least {low}, got {value}")
-        if timeout_s <= 0 or backoff_s < 0:
-            raise ValueError(
-                f"timeout_s must be positive and backoff_s non-negative, "
-                f"got timeout_s={timeout_s} and backoff_s={backoff_s}"
-            )
-        self.generate = generate
-        self.base_url = base_url.rstrip("/") if base_url is not None else None
-        self.model = model
-        self.api_key_env = api_key_env
-        self.max_words = max_words
-        self.max_new_tokens = max_new_tokens
-        self.timeout_s = timeout_s
-        self.max_retries = max_retries
-        self.backoff_s = backoff_s
-        self.concurrency = concurrency
-        self.prompt_template = prompt_template
-        self.unparsed = 0
-        self.judged = 0
-
-    def __repr__(self) -> str:
-        """Describe the judge without any secret (the key is never stored anyway)."""
-        if self.generate is not None:
-            name = getattr(self.generate, "__qualname__", type(self.generate).__name__)
-            return f"LLMJudge(generate={name}, max_words={self.max_words})"
-        return (
-            f"LLMJudge(base_url={self.base_url!r}, model={self.model!r}, "
-            f"api_key_env={self.api_key_env!r}, max_words={self.max_words})"
-        )
-
-    def __call__(
-        self,
-        answers: list[str],
-        golds: list[list[str]],
-        *,
-        questions: list[str],
-        **kwargs: Any,
-    ) -> list[float]:
-        """Judge each answer; 1.0 if the model says it is correct, else 0.0.
-
-        Args:
-            answers: One answer per question.
-            golds: The acceptable gold answers for each question.
-            questions: The questions, which the judge needs to tell what is being asked.
-            **kwargs: Ignored; accepted so every grader takes the same arguments.
-
-        Returns:
-            1.0 or 0.0 per answer.
-
-        Raises:
-            ValueError: If the batch sizes disagree, or the model returns the wrong number
-                of replies.
-            RuntimeError: If the endpoint needs a key that is not set, or keeps failing.
-        """
-        _check_batch(answers, golds)
-        if len(questions) != len(answers):
-            raise ValueError(
-                f"questions must have one entry per answer, "
-                f"got {len(questions)} questions and {len(answers)} answers"
-            )
-        scores = [0.0] * len(answers)
-        prompts: list[str] = []
-        asked: list[int] = []  # index into answers of each prompt
-        for i, (question, answer, answer_golds) in enumerate(
-            zip(questions, answers, golds, strict=True)
-        ):
-            short = shorten_answer(answer, self.max_words)
-            usable = [gold.strip() for gold in answer_golds if normalize_answer(gold)]
-            if not short or not usable:
-                continue  # can never be correct; spare the model call
-            prompts.append(
-                self.prompt_template.format(
-                    question=question.strip(),
-                    golds="; ".join(f'"{gold}"' for gold in usable),
-                    answer=short,
-                )
-            )
-            asked.append(i)
-        if not prompts:
-            return scores
-        replies = self._ask(prompts)
-        if len(replies) != len(prompts):
-            raise ValueError(
-                f"the judge model returned {len(replies)} replies for {len(prompts)} prompts"
-            )
-        self.judged += len(replies)
-        for i, reply in zip(asked, replies, strict=True):
-            verdict = parse_verdict(reply or "")
-            if verdict is None:
-                self.unparsed += 1
-                verdict = 0.0
-            scores[i] = verdict
-        return scores
-
-    def _ask(self, prompts: list[str]) -> list[str]:
-        """Get one reply per prompt from whichever model this judge was given."""
-        if self.generate is not None:
-            return list(self.generate(prompts, self.max_new_tokens))
-        api_key = self._api_key()
-        executor = ThreadPoolExecutor(max_workers=min(self.concurrency, len(prompts)))
-        try:
-            return list(executor.map(lambda prompt: self._post(prompt, api_key), prompts))
-        finally:
-            # On a failure, don't keep sending requests whose results will be thrown away.
-            executor.shutdown(wait=True, cancel_futures=True)
-
-    def _api_key(self) -> str | None:
-        """Read the key now (not at construction) so it never sits on the object."""
-        api_key = os.environ.get(self.api_key_env) or None
-        assert self.base_url is not None
-        host = urllib.parse.urlsplit(self.base_url).hostname
-        if api_key is None and host not in _LOCAL_HOSTS:
-            raise RuntimeError(
-                f"the judge endpoint {self.base_url} needs an API key: set the environment "
-                f"variable {self.api_key_env} (or pass api_key_env= naming another one)"
-            )
-        return api_key
-
-    def _post(self, prompt: str, api_key: str | None) -> str:
-        """Send one chat completion request, retrying transient failures a bounded number
-        of times, and return the reply text."""
-        url = f"{self.base_url}/chat/completions"
-        payload = {
-            "model": self.model,
-            "messages": [{"role": "user", "content": prompt}],
-            "temperature": 0,
-            "max_tokens": self.max_new_tokens,
-        }
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        if api_key is not None:
-            headers["Authorization"] = f"Bearer {api_key}"
-        request = urllib.request.Request(
-            url, data=json.dumps(payload).encode("utf-8"), headers=headers, method="POST"
-        )
-        for attempt in range(self.max_retries + 1):
-            delay = self.backoff_s * 2**attempt
-            try:
-                with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-                    return _reply_text(response.read(), url)
-            except urllib.error.HTTPError as err:  # before URLError: it is a subclass
-                detail = err.read(300).decode("utf-8", "replace").strip()
-                err.close()
-                if not _is_transient(err.code) or attempt == self.max_retries:
-                    raise RuntimeError(
-                        f"judge endpoint {url} answered HTTP {err.code} "
-                        f"after {attempt + 1} attempt(s): {detail}"
-                    ) from err
-                retry_after = err.headers.get("Retry-After", "") if err.headers else ""
-                if retry_after.isdigit():
-                    # Rate limiters say how long to wait; cap it so a run cannot stall.
-                    delay = max(delay, min(float(retry_after), 60.0))
-            except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
-                if attempt == self.max_retries:
-                    raise RuntimeError(
-                        f"judge endpoint {url} unreachable after {attempt + 1} attempt(s): {err}"
-                    ) from err
-            time.sleep(delay)
-        raise AssertionError("unreachable: the last attempt returns or raises")
-
-
-def _reply_text(raw: bytes, url: str) -> str:
-    """Pull the assistant message out of an OpenAI-shaped chat completion response."""
-    try:
-        content = json.loads(raw)["choices"][0]["message"]["content"]
-    except (ValueError, KeyError, IndexError, TypeError) as err:
-        raise RuntimeError(
-            f"judge endpoint {url} did not return an OpenAI-style chat completion: {raw[:300]!r}"
-        ) from err
-    # Some servers send null content (e.g. a refusal); that is an unparsed verdict, not a crash.
-    return content if isinstance(content, str) else ""

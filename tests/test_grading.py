@@ -1,22 +1,17 @@
-"""Tests for the graders in selfedit.envs.grading."""
-
-import json
-import threading
-import time
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+"""Tests for the cheap graders in selfedit.envs.grading (the judge: test_judge.py; the red
+team and the label agreement: test_redteam.py)."""
 
 import pytest
 
+from selfedit.envs import grading
 from selfedit.envs.grading import (
     GRADERS,
-    LLMJudge,
+    committed,
     contains,
     exact_match,
+    first_sentence,
     grade_all,
     normalize_answer,
-    parse_verdict,
     shorten_answer,
     token_f1,
 )
@@ -161,7 +156,7 @@ def test_grade_all_runs_every_cheap_grader() -> None:
         [["Paris"], ["Paris"]],
         questions=["q1", "q2"],  # extra kwargs are ignored by cheap graders
     )
-    assert set(scores) == {"exact_match", "f1", "contains"} == set(GRADERS)
+    assert set(scores) == {"exact_match", "f1", "contains", "committed"} == set(GRADERS)
     assert scores["exact_match"] == [1.0, 0.0]
     assert scores["f1"] == [1.0, pytest.approx(0.4)]  # P = 1/4, R = 1
     assert scores["contains"] == [1.0, 1.0]
@@ -171,367 +166,176 @@ def test_grade_all_passes_max_words_to_contains() -> None:
     assert grade_all(["one two Paris"], [["Paris"]], max_words=2)["contains"] == [0.0]
 
 
+
 # --------------------------------------------------------------------------------------------
-# LLMJudge: verdict parsing and a scripted local model
+# committed: the default reward grader (issue 12)
 # --------------------------------------------------------------------------------------------
+
+PASSAGE = (
+    "Ostrith Kaldane was an engineer from the port city of Belcaster. Kaldane's tide clock "
+    "used a column of mercury to predict high water to within four minutes. He patented it "
+    "in 1849, and seventeen harbours adopted it within a decade. The Hobb Bridge over the "
+    "River Sillow opened in 1901 after nine years of work. Kaldane married the botanist "
+    "Elsabet Moor."
+)
+QUESTIONS = [
+    "Which port city was Kaldane from?",
+    "What did Kaldane's tide clock use?",
+    "In what year did Kaldane patent the tide clock?",
+    "How many harbours adopted the tide clock within a decade?",
+    "When did the Hobb Bridge open?",
+    "Which river does the Hobb Bridge cross?",
+    "Which botanist did Kaldane marry?",
+]
+GOLDS = [["Belcaster"], ["a column of mercury"], ["1849"], ["seventeen"], ["1901"],
+         ["River Sillow"], ["Elsabet Moor"]]
+KEYWORDS = {"questions": QUESTIONS, "title": "Ostrith Kaldane", "context": PASSAGE,
+            "passage_golds": GOLDS}
+
+
+def grade(answers: list[str], **overrides: object) -> list[float]:
+    """Grade one answer per question of the test passage, with the env's keywords."""
+    return committed(answers, GOLDS, **{**KEYWORDS, **overrides})
+
+
+def test_committed_is_the_default_reward_grader() -> None:
+    from selfedit.envs.config import GRADER_NAMES, EnvConfig
+
+    assert GRADERS["committed"] is committed
+    assert EnvConfig().reward_grader == "committed"
+    assert "committed" in GRADER_NAMES
 
 
 @pytest.mark.parametrize(
-    ("reply", "expected"),
+    ("index", "answer"),
     [
-        ("yes", 1.0),
-        ("YES.", 1.0),
-        ("  No, that is wrong", 0.0),
-        ("**Yes**", 1.0),
-        ("The answer is no.", 0.0),
-        ("Yes... well, no.", 1.0),  # the first verdict word decides
-        ("I don't know", None),  # "know" and "not" are not "no"
-        ("yesterday nothing", None),
-        ("", None),
+        (0, "Belcaster"),
+        (0, "Kaldane was from the port city of Belcaster."),
+        (1, "Kaldane's tide clock used a column of mercury"),
+        (1, "A column of mercury."),
+        (2, "He patented the tide clock in 1849."),
+        (3, "17 harbours"),  # number words and digits are the same answer
+        (3, "Seventeen harbours adopted the tide clock."),
+        (4, "The bridge opened in 1901."),
+        (4, "The Hobb Bridge opened in 1901.\nIt took nine years."),  # only the first line
+        (5, "The Hobb Bridge crosses the River Sillow, a long river."),  # a short description
+        (6, "Kaldane married the botanist Elsabet Moor in Tollard."),  # one further name
+        (6, "Elsabet Moor. Elsabet Moor."),
     ],
 )
-def test_parse_verdict(reply: str, expected: float | None) -> None:
-    assert parse_verdict(reply) == expected
+def test_committed_pays_natural_answers(index: int, answer: str) -> None:
+    answers = [""] * len(QUESTIONS)
+    answers[index] = answer
+    assert grade(answers)[index] == 1.0, answer
 
 
-class ScriptedModel:
-    """Stands in for the user's local judge model: says yes when the proposed answer names
-    a gold answer, and records what it was asked."""
-
-    def __init__(self, garbled: bool = False) -> None:
-        self.prompts: list[str] = []
-        self.budgets: list[int] = []
-        self.garbled = garbled
-
-    def __call__(self, prompts: list[str], max_new_tokens: int) -> list[str]:
-        self.prompts.extend(prompts)
-        self.budgets.append(max_new_tokens)
-        if self.garbled:
-            return ["maybe?" for _ in prompts]
-        replies = []
-        for prompt in prompts:
-            golds_line = next(line for line in prompt.splitlines() if line.startswith("Correct"))
-            answer_line = next(line for line in prompt.splitlines() if line.startswith("Proposed"))
-            golds = [g.strip(' "') for g in golds_line.split(":", 1)[1].split(";")]
-            hit = any(gold.lower() in answer_line.lower() for gold in golds)
-            replies.append("Yes." if hit else "No, it is not.")
-        return replies
-
-
-def test_llm_judge_local_scores_and_prompts() -> None:
-    model = ScriptedModel()
-    judge = LLMJudge(generate=model, max_new_tokens=5)
-    scores = judge(
-        ["The Battle of Hastings.", "Westminster", RECITAL],
-        [["Battle of Hastings"], ["Hastings"], ["Battle of Hastings"]],
-        questions=["Which battle?", "Where was the battle?", "Which battle?"],
-    )
-    assert scores == [1.0, 0.0, 0.0]
-    assert model.budgets == [5]
-    assert len(model.prompts) == 3
-    assert "Question: Which battle?" in model.prompts[0]
-    assert '"Battle of Hastings"' in model.prompts[0]
-    # The recital was shortened before the judge saw it: the gold sentence never reached it.
-    assert "Hastings" not in model.prompts[2].split("Proposed answer:")[1]
-    assert "yes or no" in model.prompts[0]
-    assert judge.unparsed == 0
-    assert judge.judged == 3
+@pytest.mark.parametrize(
+    ("index", "answer", "why"),
+    [
+        (0, "Belcaster, mercury, 1849, Hobb Bridge, River Sillow", "other golds (list)"),
+        (0, "It is Belcaster, 1849, Hobb Bridge", "list behind a prefix"),
+        (4, "1899, 1901", "a competing number"),
+        (4, "1901 or 1902", "a hedge between numbers"),
+        (5, "The River Sillow or the River Audle", "a hedge between names"),
+        (1, "Kaldane's tide clock used a column of mercury to predict high water to within "
+            "four minutes.", "the sentence holding the gold"),
+        (2, "He patented it in 1849, and seventeen harbours adopted it within a decade.",
+         "a further clause (and another question's gold)"),
+        (4, "The Hobb Bridge over the River Sillow opened in 1901 after nine years of work.",
+         "recital with further facts"),
+        (4, "When did the Hobb Bridge open?", "question echo"),
+        (4, "Yes.", "yes/no"),
+        (0, "Kaldane", "the most frequent word"),
+        (6, "Belcaster", "another question's gold"),
+        (4, " ".join(["word"] * 13) + " 1901", "the gold after the word horizon"),
+        (4, "", "empty"),
+    ],
+)
+def test_committed_rejects_answers_that_do_not_commit(index: int, answer: str, why: str) -> None:
+    answers = [""] * len(QUESTIONS)
+    answers[index] = answer
+    assert grade(answers)[index] == 0.0, why
 
 
-def test_llm_judge_skips_hopeless_items_without_calling_model() -> None:
-    model = ScriptedModel()
-    judge = LLMJudge(generate=model)
-    assert judge(["", "Paris", "   "], [["Paris"], ["the"], ["x"]], questions=["a", "b", "c"]) == [
-        0.0,
-        0.0,
-        0.0,
+def test_committed_restating_the_question_does_not_use_up_the_horizon() -> None:
+    # 14 words before the gold, all of them restating the question.
+    question = ("In what year did the engineer from the port city patent the pressure regulated "
+                "tide clock?")
+    answer = ("The engineer from the port city patented the pressure regulated tide clock in "
+              "the year 1849.")
+    assert committed([answer], [["1849"]], questions=[question]) == [1.0]
+    assert contains([answer], [["1849"]]) == [0.0]  # contains cuts at 12 words
+
+
+def test_committed_gold_inside_the_question() -> None:
+    question = "Who won the final, the Broncos or the Steelers?"
+    golds = [["Broncos"]]
+    assert committed(["The Broncos."], golds, questions=[question]) == [1.0]
+    assert committed([question], golds, questions=[question]) == [0.0]  # an echo
+    assert committed(["The Broncos won the final over the Steelers."], golds,
+                     questions=[question]) == [0.0]
+
+
+def test_committed_other_gold_inside_own_gold_or_question_is_fine() -> None:
+    golds = [["Denver Broncos"], ["Broncos"], ["Levi's Stadium"]]
+    questions = ["Who won?", "Which team scored first?", "Where did the Broncos play?"]
+    answers = ["The Denver Broncos won.", "", "The Broncos played at Levi's Stadium."]
+    scores = committed(answers, golds, questions=questions, passage_golds=golds)
+    assert scores[0] == 1.0  # "Broncos" (another gold) is part of this gold
+    assert scores[2] == 1.0  # "Broncos" is in this question
+
+
+def test_committed_degrades_towards_strictness_without_keywords() -> None:
+    answer = "Kaldane married the botanist Elsabet Moor in Tollard."
+    index = 6
+    answers = [""] * len(QUESTIONS)
+    answers[index] = answer
+    full = grade(answers)[index]
+    without_questions = committed(answers, GOLDS, context=PASSAGE,
+                                  passage_golds=GOLDS)[index]
+    bare = committed([answer], [GOLDS[index]])[0]
+    assert (full, without_questions, bare) == (1.0, 0.0, 0.0)
+    # Every keyword missing: the bare gold still scores.
+    assert committed(["Elsabet Moor"], [["Elsabet Moor"]]) == [1.0]
+    # Without passage_golds, the other entries of golds are the other questions' golds.
+    assert committed(["Belcaster, 1849"] * 2, [["Belcaster"], ["1849"]]) == [0.0, 0.0]
+
+
+def test_committed_never_rises_when_a_keyword_is_removed() -> None:
+    """Missing keywords may only make the grader stricter, for every answer we have."""
+    answers = [
+        "Belcaster", "Kaldane's tide clock used a column of mercury", "In 1849.",
+        "Seventeen harbours adopted the tide clock.", "The bridge opened in 1901.",
+        "The Hobb Bridge crosses the River Sillow, a long river.",
+        "Kaldane married the botanist Elsabet Moor in Tollard.",
     ]
-    assert model.prompts == []
+    full = grade(answers)
+    for missing in ("questions", "title", "context", "passage_golds"):
+        kept = {k: v for k, v in KEYWORDS.items() if k != missing}
+        if missing == "context":
+            kept.pop("title")
+        partial = committed(answers, GOLDS, **kept)
+        assert all(p <= f for p, f in zip(partial, full, strict=True)), missing
 
 
-def test_llm_judge_counts_unparsed_replies() -> None:
-    judge = LLMJudge(generate=ScriptedModel(garbled=True))
-    assert judge(["Paris", "Paris"], [["Paris"], ["Paris"]], questions=["q", "q"]) == [0.0, 0.0]
-    assert judge.unparsed == 2
-    judge(["Paris"], [["Paris"]], questions=["q"])
-    assert judge.unparsed == 3  # counted across calls
+def test_committed_is_deterministic_and_bounded() -> None:
+    answers = ["Belcaster " * 100_000]  # a hostile megabyte answer
+    assert committed(answers, [["Belcaster"]]) == committed(answers, [["Belcaster"]])
+    words = grading._words(first_sentence(answers[0]))
+    assert len(words) <= grading._MAX_SENTENCE_WORDS
 
 
-def test_llm_judge_validates_inputs() -> None:
-    judge = LLMJudge(generate=ScriptedModel())
-    with pytest.raises(TypeError):
-        judge(["a"], [["a"]])  # type: ignore[call-arg]
+def test_committed_checks_its_arguments() -> None:
     with pytest.raises(ValueError, match="questions"):
-        judge(["a"], [["a"]], questions=[])
-    wrong_count = LLMJudge(generate=lambda prompts, max_new_tokens: [])
-    with pytest.raises(ValueError, match="replies"):
-        wrong_count(["x"], [["x"]], questions=["q"])
-    with pytest.raises(ValueError, match="exactly one"):
-        LLMJudge()
-    with pytest.raises(ValueError, match="exactly one"):
-        LLMJudge(generate=ScriptedModel(), base_url="http://127.0.0.1:1/v1", model="m")
-    with pytest.raises(ValueError, match="model="):
-        LLMJudge(base_url="http://127.0.0.1:1/v1")
-    with pytest.raises(ValueError, match="http"):
-        LLMJudge(base_url="file:///etc/passwd", model="m")
-    with pytest.raises(ValueError, match="max_words"):
-        LLMJudge(generate=ScriptedModel(), max_words=0)
+        committed(["a", "b"], [["a"], ["b"]], questions=["q"])
+    with pytest.raises(ValueError, match="max_extra"):
+        committed(["a"], [["a"]], max_extra=-1)
+    with pytest.raises(TypeError, match="list of gold answers"):
+        committed(["a"], ["a"])  # type: ignore[list-item]
+    assert committed(["the"], [["the"]]) == [0.0]  # golds that normalise to nothing
 
 
-def test_llm_judge_shortening_is_configurable() -> None:
-    model = ScriptedModel()
-    judge = LLMJudge(generate=model, max_words=2)
-    assert judge(["It was Hastings"], [["Hastings"]], questions=["q"]) == [0.0]
-    assert "Proposed answer: It was\n" in model.prompts[0]
-
-
-# --------------------------------------------------------------------------------------------
-# LLMJudge against a real OpenAI-compatible HTTP server on 127.0.0.1
-# --------------------------------------------------------------------------------------------
-
-SECRET = "sk-test-do-not-leak-1234"
-
-
-class FakeOpenAI:
-    """State shared with the request handler: what arrived and how to answer."""
-
-    def __init__(self) -> None:
-        self.requests: list[dict[str, Any]] = []
-        self.failures: list[int] = []  # HTTP statuses to answer with before succeeding
-        self.delay_s = 0.0  # how long to stall before answering
-        self.override: dict[str, Any] | None = None  # a 200 body to send instead of a verdict
-        self.lock = threading.Lock()
-
-
-@pytest.fixture
-def fake_openai() -> Iterator[tuple[str, FakeOpenAI]]:
-    """Serve /v1/chat/completions on an ephemeral localhost port for one test."""
-    state = FakeOpenAI()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 (name fixed by http.server)
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            with state.lock:
-                state.requests.append(
-                    {
-                        "path": self.path,
-                        "authorization": self.headers.get("Authorization"),
-                        "content_type": self.headers.get("Content-Type"),
-                        "body": body,
-                    }
-                )
-                status = state.failures.pop(0) if state.failures else 200
-            time.sleep(state.delay_s)
-            if status != 200:
-                self._send(status, {"error": {"message": "try again"}})
-                return
-            if state.override is not None:
-                self._send(200, state.override)
-                return
-            prompt = body["messages"][0]["content"]
-            answer = prompt.split("Proposed answer:")[1].splitlines()[0]
-            verdict = "Yes" if "Paris" in answer else ("Unsure." if "?" in answer else "no")
-            self._send(
-                200,
-                {
-                    "id": "chatcmpl-1",
-                    "object": "chat.completion",
-                    "model": body["model"],
-                    "choices": [
-                        {
-                            "index": 0,
-                            "message": {"role": "assistant", "content": verdict},
-                            "finish_reason": "stop",
-                        }
-                    ],
-                },
-            )
-
-        def _send(self, status: int, payload: dict[str, Any]) -> None:
-            data = json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-            pass  # keep pytest output clean
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    # A short poll interval keeps shutdown() (and so each test's teardown) fast.
-    thread = threading.Thread(
-        target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
-    )
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/v1", state
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
-
-
-def test_llm_judge_endpoint_sends_key_and_parses_replies(
-    fake_openai: tuple[str, FakeOpenAI], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    base_url, state = fake_openai
-    monkeypatch.setenv("JUDGE_TEST_KEY", SECRET)
-    judge = LLMJudge(
-        base_url=base_url + "/", model="gpt-4.1", api_key_env="JUDGE_TEST_KEY", max_new_tokens=3
-    )
-    scores = judge(
-        ["Paris. It is also a big city.", "Lyon", "Maybe?"],
-        [["Paris"], ["Paris"], ["Paris"]],
-        questions=["Capital of France?"] * 3,
-    )
-    assert scores == [1.0, 0.0, 0.0]
-    assert judge.unparsed == 1  # "Unsure." has no verdict word
-    assert len(state.requests) == 3
-    for request in state.requests:
-        assert request["path"] == "/v1/chat/completions"
-        assert request["authorization"] == f"Bearer {SECRET}"
-        assert request["content_type"] == "application/json"
-        body = request["body"]
-        assert body["model"] == "gpt-4.1"
-        assert body["temperature"] == 0
-        assert body["max_tokens"] == 3
-        assert body["messages"][0]["role"] == "user"
-    # The answers reached the server shortened.
-    sent = sorted(r["body"]["messages"][0]["content"] for r in state.requests)
-    assert not any("big city" in prompt for prompt in sent)
-
-
-def test_llm_judge_localhost_works_without_key(
-    fake_openai: tuple[str, FakeOpenAI], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    base_url, state = fake_openai
-    monkeypatch.delenv("JUDGE_TEST_KEY", raising=False)
-    judge = LLMJudge(base_url=base_url, model="local", api_key_env="JUDGE_TEST_KEY")
-    assert judge(["Paris"], [["Paris"]], questions=["q"]) == [1.0]
-    assert state.requests[0]["authorization"] is None
-
-
-def test_llm_judge_retries_transient_errors(
-    fake_openai: tuple[str, FakeOpenAI], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    base_url, state = fake_openai
-    monkeypatch.delenv("JUDGE_TEST_KEY", raising=False)
-    state.failures = [503, 429]
-    judge = LLMJudge(
-        base_url=base_url, model="m", api_key_env="JUDGE_TEST_KEY", max_retries=2, backoff_s=0
-    )
-    assert judge(["Paris"], [["Paris"]], questions=["q"]) == [1.0]
-    assert len(state.requests) == 3
-
-
-def test_llm_judge_retries_are_bounded(
-    fake_openai: tuple[str, FakeOpenAI], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    base_url, state = fake_openai
-    monkeypatch.delenv("JUDGE_TEST_KEY", raising=False)
-    state.failures = [500, 500, 500, 500]
-    judge = LLMJudge(
-        base_url=base_url, model="m", api_key_env="JUDGE_TEST_KEY", max_retries=1, backoff_s=0
-    )
-    with pytest.raises(RuntimeError, match="HTTP 500 after 2 attempt"):
-        judge(["Paris"], [["Paris"]], questions=["q"])
-    assert len(state.requests) == 2
-
-
-def test_llm_judge_does_not_retry_client_errors(
-    fake_openai: tuple[str, FakeOpenAI], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    base_url, state = fake_openai
-    monkeypatch.delenv("JUDGE_TEST_KEY", raising=False)
-    state.failures = [401]
-    judge = LLMJudge(base_url=base_url, model="m", api_key_env="JUDGE_TEST_KEY", backoff_s=0)
-    with pytest.raises(RuntimeError, match="HTTP 401 after 1 attempt"):
-        judge(["Paris"], [["Paris"]], questions=["q"])
-    assert len(state.requests) == 1
-
-
-def test_llm_judge_unreachable_endpoint_fails_after_retries(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    # Bind then close a socket to get a localhost port nobody listens on.
-    server = ThreadingHTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler)
-    port = server.server_address[1]
-    server.server_close()
-    monkeypatch.delenv("JUDGE_TEST_KEY", raising=False)
-    judge = LLMJudge(
-        base_url=f"http://127.0.0.1:{port}/v1",
-        model="m",
-        api_key_env="JUDGE_TEST_KEY",
-        max_retries=1,
-        backoff_s=0,
-        timeout_s=2,
-    )
-    with pytest.raises(RuntimeError, match="unreachable after 2 attempt"):
-        judge(["Paris"], [["Paris"]], questions=["q"])
-
-
-def test_llm_judge_times_out_and_gives_up(
-    fake_openai: tuple[str, FakeOpenAI], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    base_url, state = fake_openai
-    monkeypatch.delenv("JUDGE_TEST_KEY", raising=False)
-    state.delay_s = 1.0
-    judge = LLMJudge(
-        base_url=base_url,
-        model="m",
-        api_key_env="JUDGE_TEST_KEY",
-        timeout_s=0.2,
-        max_retries=1,
-        backoff_s=0,
-    )
-    start = time.monotonic()
-    with pytest.raises(RuntimeError, match="unreachable after 2 attempt"):
-        judge(["Paris"], [["Paris"]], questions=["q"])
-    assert time.monotonic() - start < 1.5  # two 0.2 s timeouts, not two 1 s stalls
-    assert len(state.requests) == 2
-
-
-def test_llm_judge_rejects_malformed_response(
-    fake_openai: tuple[str, FakeOpenAI], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    base_url, state = fake_openai
-    monkeypatch.delenv("JUDGE_TEST_KEY", raising=False)
-    judge = LLMJudge(base_url=base_url, model="m", api_key_env="JUDGE_TEST_KEY")
-    state.override = {"error": "not a chat completion"}
-    with pytest.raises(RuntimeError, match="OpenAI-style"):
-        judge(["Paris"], [["Paris"]], questions=["q"])
-    # Null content (e.g. a refusal) is an unparsed verdict, not a crash.
-    state.override = {"choices": [{"message": {"role": "assistant", "content": None}}]}
-    assert judge(["Paris"], [["Paris"]], questions=["q"]) == [0.0]
-    assert judge.unparsed == 1
-
-
-def test_llm_judge_missing_key_for_remote_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("MY_JUDGE_KEY", raising=False)
-    # example.invalid never resolves; the error must come before any network access.
-    judge = LLMJudge(
-        base_url="https://api.example.invalid/v1", model="m", api_key_env="MY_JUDGE_KEY"
-    )
-    with pytest.raises(RuntimeError, match="MY_JUDGE_KEY"):
-        judge(["Paris"], [["Paris"]], questions=["q"])
-
-
-def test_llm_judge_never_exposes_key(
-    fake_openai: tuple[str, FakeOpenAI], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    base_url, _ = fake_openai
-    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
-    judge = LLMJudge(base_url=base_url, model="gpt-4.1")
-    judge(["Paris"], [["Paris"]], questions=["q"])  # the key was read and used
-    assert SECRET not in repr(judge)
-    assert SECRET not in str(judge)
-    assert SECRET not in repr(vars(judge))
-    assert "OPENAI_API_KEY" in repr(judge)
-    assert "gpt-4.1" in repr(judge)
-
-
-def test_llm_judge_repr_local() -> None:
-    assert repr(LLMJudge(generate=ScriptedModel(), max_words=5)) == (
-        "LLMJudge(generate=ScriptedModel, max_words=5)"
-    )
+def test_first_sentence_and_shorten_answer_agree() -> None:
+    text = "Dr. Watson paid 3.5 pounds. Then he left.\nMore."
+    assert first_sentence(text) == "Dr. Watson paid 3.5 pounds."
+    assert shorten_answer(text, max_words=3) == "Dr. Watson paid"
