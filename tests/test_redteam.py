@@ -1,0 +1,231 @@
+"""The red team for graders (issue 12, part 2) and grader validity against hand labels (part 3).
+
+Answers that need no knowledge of the question are scored by every grader on the embedded
+corpus (always) and on SQuAD dev (when ../shared/squad is present); the default reward
+grader must give each at most MAX_GAMED. The end-to-end check (fact-list self-edits through
+the env with the embedded model) is marked slow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+
+from selfedit.envs import grading
+from selfedit.envs.corpus import Passage, Question, load_corpus
+from selfedit.training import graders as validity
+from selfedit.training import recitation
+from selfedit.training.recitation import (
+    MAX_GAMED,
+    SANITY,
+    STRATEGIES,
+    capitalised_phrases,
+    red_team_answers,
+    red_team_scores,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+SQUAD = REPO.parent / "shared" / "squad" / "squad_v1.1_dev_seal.json"
+LABELS = REPO / "results" / "grader_validity" / "labels.jsonl"
+
+PASSAGE = Passage(
+    "t:0",
+    "Velmora Highlands",
+    "The Velmora Highlands are a plateau in Aster Reach. Their highest summit, Mount "
+    "Corrigane, rises to 2,817 metres. The highlands are drained by the River Sillow, which "
+    "flows east for 310 kilometres. The largest settlement, Tarn Ellick, has about 18,000 "
+    "inhabitants.",
+    (
+        Question("What is the highest summit of the Velmora Highlands?", ("Mount Corrigane",)),
+        Question("How tall is the highest summit?", ("2,817 metres",)),
+        Question("Which river drains the Velmora Highlands?", ("River Sillow",)),
+        Question("What is the largest settlement?", ("Tarn Ellick",)),
+    ),
+)
+
+
+# --------------------------------------------------------------------------------------------
+# The strategies do what their names say
+# --------------------------------------------------------------------------------------------
+
+
+def test_strategies_answer_every_question_without_its_gold_knowledge() -> None:
+    answers = {name: red_team_answers(PASSAGE, fn) for name, (_, fn) in STRATEGIES.items()}
+    for name, given in answers.items():
+        assert len(given) == len(PASSAGE.questions), name
+    # Strategies that ignore the question give the same answer to every question.
+    for name in ("passage", "first_sentence", "capitalised_words", "capitalised_phrases",
+                 "it_is_list", "all_golds", "yes", "no", "title", "most_frequent_word"):
+        assert len(set(answers[name])) == 1, name
+    assert answers["capitalised_phrases"][0].startswith("Velmora Highlands, Aster Reach, ")
+    assert "2,817" in answers["capitalised_words"][0]
+    assert answers["it_is_list"][0].startswith("It is ")
+    assert answers["question_echo"] == [q.question for q in PASSAGE.questions]
+    assert answers["typed_list"][1] == "2,817, 310, 18,000"  # a "how tall" question: numbers
+    for i, q in enumerate(PASSAGE.questions):
+        assert q.answers[0] in answers["gold_sentence"][i]
+        assert answers["other_gold"][i] not in q.answers  # never an acceptable answer
+    assert answers["most_frequent_word"][0] == "highlands"
+
+
+def test_capitalised_phrases() -> None:
+    assert capitalised_phrases("Tarn Ellick, in Aster Reach, has 18,000 people.") == [
+        "Tarn Ellick", "Aster Reach", "18,000"]
+    assert capitalised_phrases("The end.", words=True) == []
+
+
+# --------------------------------------------------------------------------------------------
+# The red team on real corpora
+# --------------------------------------------------------------------------------------------
+
+
+def _check_red_team(scores: dict[str, dict[str, float]]) -> None:
+    for name in STRATEGIES:
+        assert scores[name]["committed"] <= MAX_GAMED, (name, scores[name])
+    # The red team has teeth: lists pay off under the lenient grader ...
+    assert scores["all_golds"]["contains"] > 0.5
+    assert scores["capitalised_phrases"]["contains"] > 0.2
+    # ... and the graders still pay real answers.
+    assert scores["gold"]["committed"] > 0.98
+    assert scores["gold_in_sentence"]["committed"] > 0.98
+
+
+def test_red_team_on_the_embedded_corpus() -> None:
+    _check_red_team(red_team_scores(load_corpus("embedded")))
+
+
+@pytest.mark.skipif(not SQUAD.is_file(), reason="SQuAD dev file not present")
+def test_red_team_on_squad_dev() -> None:
+    _check_red_team(red_team_scores(load_corpus(SQUAD).select("0:100")))
+
+
+def test_red_team_report_and_the_old_recitation_api() -> None:
+    table = recitation.recitation_report("embedded", "0:4")
+    assert "| strategy | answer given | exact_match | f1 | contains | committed |" in table
+    for name in [*STRATEGIES, *SANITY]:
+        assert f"| {name} |" in table
+    assert "Default grader `committed` passes" in table
+    old = recitation.recitation_scores(load_corpus("embedded").select("0:4"))
+    assert set(old) == {"passage", "sentence", "gold"}
+    assert old["gold"]["exact_match"] == 1.0
+
+
+def test_recitation_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    parser = argparse.ArgumentParser()
+    recitation.add_subcommand(parser.add_subparsers(dest="command"))
+    out = tmp_path / "table.md"
+    args = parser.parse_args(["recitation", "--passages", "0:2", "--output", str(out)])
+    assert recitation.main(args) == 0
+    assert "| question_echo |" in capsys.readouterr().out
+    assert "| question_echo |" in out.read_text()
+
+
+def test_end_to_end_report_and_regrade(tmp_path: Path) -> None:
+    corpus = load_corpus("embedded")
+    rows = []
+    for p in corpus.select("0:3"):
+        n = len(p.questions)
+        for name, answers in (("no_training", ["I do not know."] * n),
+                              ("passage", [q.answers[0] for q in p.questions]),
+                              ("fact_dump", [", ".join(q.answers[0] for q in p.questions)] * n)):
+            rows.append(recitation.EndToEndRow(name, "template", p.id, {}, {}, answers, 1.0, 0.0))
+    path = tmp_path / "rows.jsonl"
+    recitation.save_rows(rows, path)
+    graded = recitation.regrade(recitation.load_rows(path), corpus)
+    by = {(r.strategy, r.passage_id): r for r in graded}
+    assert by[("passage", "embedded:0")].metrics["committed"] == 1.0
+    assert by[("fact_dump", "embedded:0")].metrics["committed"] == 0.0
+    assert by[("fact_dump", "embedded:0")].metrics["contains"] > 0.2
+    table = recitation.end_to_end_report(graded)
+    assert "| passage | template | 1.000 |" in table
+    assert "| no_training | template |" in table
+
+
+# --------------------------------------------------------------------------------------------
+# Grader validity: kappa, the labels file, the command
+# --------------------------------------------------------------------------------------------
+
+
+def test_cohen_kappa_edge_cases() -> None:
+    assert validity.cohen_kappa([1, 1, 1], [1, 1, 1]) == 1.0
+    assert validity.cohen_kappa([0, 1], [0, 0]) == 0.0  # p_o 0.5, p_e 0.5
+    with pytest.raises(ValueError, match="length"):
+        validity.cohen_kappa([1], [1, 0])
+    with pytest.raises(ValueError, match="0 or 1"):
+        validity.cohen_kappa([2], [1])
+    with pytest.raises(ValueError, match="at least one"):
+        validity.cohen_kappa([], [])
+    a = validity.agreement([1, 0, 0, 0], [0, 0, 0, 0])
+    assert (a.precision, a.recall, a.agreement) == (1.0, 0.0, 0.75)
+
+
+def test_committed_labels_file_is_complete() -> None:
+    items = validity.load_labels(LABELS)
+    assert len(items) >= 200
+    assert {item.split for item in items} == {"tune", "tune2", "heldout"}
+    assert sum(item.label for item in items) >= 40
+    assert all(item.passage is not None for item in items)  # every passage resolves
+    sources = {item.source.split()[0] for item in items}
+    assert "red" in sources and any(s.startswith("results/") for s in sources)
+    for item in items:
+        assert item.passage["questions"][item.qi] == item.question
+        assert item.passage["golds"][item.qi] == item.golds
+
+
+def test_load_labels_names_the_bad_line(tmp_path: Path) -> None:
+    path = tmp_path / "labels.jsonl"
+    good = {"question": "q", "golds": ["a"], "answer": "a", "label": 1}
+    path.write_text(json.dumps(good) + "\n" + json.dumps({**good, "label": "yes"}) + "\n")
+    with pytest.raises(ValueError, match=r"labels.jsonl:2"):
+        validity.load_labels(path)
+    path.write_text(json.dumps({**good, "golds": "a"}) + "\n")
+    with pytest.raises(ValueError, match="golds"):
+        validity.load_labels(path)
+    with pytest.raises(FileNotFoundError, match="--passages"):
+        validity.load_labels(path, tmp_path / "missing.json")
+
+
+def test_graders_command_prints_every_grader(tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "labels.jsonl"
+    rows = [
+        {"split": "a", "question": "Who?", "golds": ["Ann"], "answer": "Ann", "label": 1},
+        {"split": "a", "question": "Who?", "golds": ["Ann"], "answer": "Bob or Ann", "label": 0},
+        {"split": "b", "question": "When?", "golds": ["1901"], "answer": "In 1901.", "label": 1},
+        {"split": "b", "question": "When?", "golds": ["1901"], "answer": "1900", "label": 0},
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    parser = argparse.ArgumentParser()
+    validity.add_subcommand(parser.add_subparsers(dest="command"))
+    out = tmp_path / "table.md"
+    args = parser.parse_args(["graders", "--labels", str(path), "--output", str(out)])
+    assert validity.main(args) == 0
+    printed = capsys.readouterr().out
+    for name in grading.GRADERS:
+        assert f"| {name} | all (4) |" in printed
+    assert "| committed | all (4) | 1.000 | 1.000 | 1.000 | 1.000 |" in printed
+    assert out.read_text().strip() == printed.strip()
+
+
+# --------------------------------------------------------------------------------------------
+# End to end through the env (slow: the embedded model trains ~25 LoRA adapters)
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_fact_list_self_edits_do_not_beat_no_training_end_to_end() -> None:
+    """Both action modes, 6 embedded passages, the embedded model, 5 epochs instead of SEAL's
+    10 to halve the runtime (the human templates still learn the passage in 5)."""
+    rows = recitation.end_to_end(range(6), num_epochs=5)
+    by: dict[str, list[float]] = {}
+    for row in rows:
+        by.setdefault(row.strategy, []).append(row.metrics["committed"])
+    mean = {name: sum(v) / len(v) for name, v in by.items()}
+    noise = 0.05  # six passages of 10+ questions: differences below this are not resolved
+    for attack in ("fact_list", "fact_dump"):
+        assert mean[attack] <= mean["no_training"] + noise, (attack, mean)
+    for human in ("passage", "implications"):
+        assert mean[human] > mean["no_training"] + noise, (human, mean)

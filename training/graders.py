@@ -1,0 +1,282 @@
+"""``selfedit graders --labels FILE``: how well each grader agrees with hand labels.
+
+Issue 12, part 3. A labels file is JSON Lines, one item per line::
+
+    {"id": "v001", "split": "tune", "passage_id": "embedded:16", "qi": 0,
+     "question": "...", "golds": ["..."], "answer": "...", "label": 1, ...}
+
+(``passage_key``, when present, is the key of the passage in the passages file, for a
+passage whose text or questions changed since another item was drawn from it.)
+
+``label`` is 1 (correct) or 0 (wrong) by a written rubric (results/grader_validity/rubric.md);
+``split`` (optional) names the part an item belongs to, so that a grader tuned on one part
+can be reported on another. The passages the items belong to are read from a JSON file
+mapping ``passage_key`` (default ``passage_id``) to ``{"title", "context", "questions",
+"golds"}`` (by default ``passages.json`` beside the labels), and every grader gets them as
+the env hands them over
+(``questions``, ``title``, ``context``, ``passage_golds``). An item whose passage is unknown
+is graded with its own question and golds only.
+
+For every grader the table reports agreement, precision and recall (of "correct" verdicts)
+and Cohen's kappa, per split and over all items.
+
+Wiring (the CLI calls these two)::
+
+    add_subcommand(subparsers)        # adds "graders" with its options
+    main(args) -> int                 # runs it on the parsed arguments
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from selfedit.envs import grading
+
+__all__ = [
+    "Agreement",
+    "LabelledItem",
+    "add_subcommand",
+    "agreement",
+    "cohen_kappa",
+    "grade_items",
+    "load_labels",
+    "main",
+    "validity_report",
+]
+
+
+@dataclass(frozen=True)
+class LabelledItem:
+    """One hand-labelled answer, with what the env would hand a grader about its passage."""
+
+    id: str
+    split: str
+    question: str
+    golds: list[str]
+    answer: str
+    label: int
+    qi: int = 0
+    passage: dict[str, Any] | None = None  # title, context, questions, golds
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """How a grader's 0/1 verdicts compare with labels."""
+
+    n: int
+    agreement: float
+    precision: float
+    recall: float
+    kappa: float
+
+
+def cohen_kappa(labels: Sequence[int], verdicts: Sequence[int]) -> float:
+    """Cohen's kappa of two binary raters: agreement corrected for chance.
+
+    kappa = (p_o - p_e) / (1 - p_e), where p_o is the observed agreement and p_e the
+    agreement expected if both rated independently at their own rates of "1". p_e is 1 only
+    when both raters give every item one and the same value; kappa is then 1.0 here (they
+    agree perfectly, if trivially).
+
+    Args:
+        labels: The reference ratings, 0 or 1.
+        verdicts: The other rater's ratings, 0 or 1, same order.
+
+    Returns:
+        Kappa in [-1, 1].
+
+    Raises:
+        ValueError: If the sequences differ in length, are empty, or hold values other
+            than 0 and 1.
+
+    >>> cohen_kappa([1, 1, 0, 0], [1, 1, 0, 0])
+    1.0
+    >>> cohen_kappa([1, 0, 1, 0], [0, 1, 0, 1])
+    -1.0
+    >>> round(cohen_kappa([1, 1, 1, 0, 0, 0, 0, 0], [1, 1, 0, 0, 0, 0, 0, 1]), 4)
+    0.4667
+    """
+    if len(labels) != len(verdicts):
+        raise ValueError(f"labels and verdicts differ in length: {len(labels)} vs {len(verdicts)}")
+    if not labels:
+        raise ValueError("kappa needs at least one item")
+    if any(v not in (0, 1) for v in [*labels, *verdicts]):
+        raise ValueError("kappa here is for binary ratings: every value must be 0 or 1")
+    n = len(labels)
+    observed = sum(a == b for a, b in zip(labels, verdicts, strict=True)) / n
+    rate_a = sum(labels) / n
+    rate_b = sum(verdicts) / n
+    expected = rate_a * rate_b + (1 - rate_a) * (1 - rate_b)
+    if expected == 1.0:
+        return 1.0
+    return (observed - expected) / (1 - expected)
+
+
+def agreement(labels: Sequence[int], verdicts: Sequence[int]) -> Agreement:
+    """Agreement, precision and recall of the verdicts' "1"s, and kappa.
+
+    Precision is 1.0 when the grader never says "correct" (it made no false claim);
+    recall is 1.0 when no item is labelled correct.
+
+    >>> agreement([1, 1, 0, 0], [1, 0, 0, 1])
+    Agreement(n=4, agreement=0.5, precision=0.5, recall=0.5, kappa=0.0)
+    """
+    tp = sum(1 for a, b in zip(labels, verdicts, strict=True) if a == 1 and b == 1)
+    predicted = sum(verdicts)
+    positive = sum(labels)
+    return Agreement(
+        n=len(labels),
+        agreement=sum(a == b for a, b in zip(labels, verdicts, strict=True)) / len(labels),
+        precision=tp / predicted if predicted else 1.0,
+        recall=tp / positive if positive else 1.0,
+        kappa=cohen_kappa(labels, verdicts),
+    )
+
+
+def load_labels(path: str | Path, passages: str | Path | None = None) -> list[LabelledItem]:
+    """Read a labels file (JSON Lines) and the passages its items refer to.
+
+    Args:
+        path: The labels file.
+        passages: A JSON file ``{passage_id: {title, context, questions, golds}}``; default
+            ``passages.json`` beside the labels file, when it exists.
+
+    Returns:
+        The items, in file order.
+
+    Raises:
+        ValueError: For a line that is not a JSON object with ``question``, ``golds``,
+            ``answer`` and a 0/1 ``label`` (the message names the line).
+    """
+    path = Path(path)
+    passages_path = Path(passages) if passages else path.with_name("passages.json")
+    known: dict[str, Any] = {}
+    if passages_path.is_file():
+        known = json.loads(passages_path.read_text(encoding="utf-8"))
+    elif passages is not None:
+        raise FileNotFoundError(f"--passages {passages}: no such file")
+    items = []
+    with path.open(encoding="utf-8") as lines:
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                raw = json.loads(line)
+                label = raw["label"]
+                if label not in (0, 1) or isinstance(label, bool):
+                    raise ValueError(f"label must be 0 or 1, got {label!r}")
+                golds = raw["golds"]
+                if not isinstance(golds, list) or not all(isinstance(g, str) for g in golds):
+                    raise ValueError("golds must be a list of strings")
+                items.append(LabelledItem(
+                    id=str(raw.get("id", number)), split=str(raw.get("split", "all")),
+                    question=str(raw["question"]), golds=golds, answer=str(raw["answer"]),
+                    label=int(label), qi=int(raw.get("qi", 0)),
+                    passage=known.get(raw.get("passage_key", raw.get("passage_id", ""))),
+                    source=str(raw.get("source", "")),
+                ))
+            except (ValueError, KeyError, TypeError) as err:
+                raise ValueError(
+                    f"{path}:{number}: not a labelled item ({err}); each line needs "
+                    "question, golds (a list), answer and label (0 or 1)"
+                ) from None
+    if not items:
+        raise ValueError(f"{path}: no labelled items")
+    return items
+
+
+def _grade_one(grader: grading.Grader, item: LabelledItem) -> float:
+    """Grade one item the way the env grades its passage: the whole passage's questions in
+    one call, this item's answer in its slot, the others empty (they are not looked at)."""
+    passage = item.passage
+    if passage is None or not 0 <= item.qi < len(passage["questions"]):
+        return float(grader([item.answer], [item.golds], questions=[item.question])[0])
+    answers = [""] * len(passage["questions"])
+    answers[item.qi] = item.answer
+    golds = [list(g) for g in passage["golds"]]
+    scores = grader(answers, golds, questions=list(passage["questions"]),
+                    title=passage["title"], context=passage["context"], passage_golds=golds)
+    return float(scores[item.qi])
+
+
+def grade_items(items: Sequence[LabelledItem],
+                graders: dict[str, grading.Grader]) -> dict[str, list[int]]:
+    """Each grader's 0/1 verdict per item (a score of 0.5 or more counts as "correct")."""
+    return {name: [int(_grade_one(g, item) >= 0.5) for item in items]
+            for name, g in graders.items()}
+
+
+def validity_report(items: Sequence[LabelledItem], graders: dict[str, grading.Grader],
+                    *, title: str = "") -> str:
+    """The Markdown table of every grader against the labels, per split and overall."""
+    verdicts = grade_items(items, graders)
+    splits = sorted({item.split for item in items})
+    groups = [(s, [i for i, item in enumerate(items) if item.split == s]) for s in splits]
+    if len(splits) > 1:
+        groups.append(("all", list(range(len(items)))))
+    lines = [title] if title else []
+    positives = sum(item.label for item in items)
+    lines += [
+        f"{len(items)} labelled items ({positives} correct, {len(items) - positives} wrong);"
+        " precision and recall are of the grader's \"correct\" verdicts.",
+        "",
+        "| grader | items | agreement | precision | recall | Cohen's kappa |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for name in graders:
+        for split, index in groups:
+            a = agreement([items[i].label for i in index], [verdicts[name][i] for i in index])
+            lines.append(f"| {name} | {split} ({a.n}) | {a.agreement:.3f} | {a.precision:.3f}"
+                         f" | {a.recall:.3f} | {a.kappa:.3f} |")
+    return "\n".join(lines)
+
+
+def add_subcommand(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add ``graders`` to the CLI's subparsers; :func:`main` runs it."""
+    parser = subparsers.add_parser(
+        "graders", help="agreement, precision, recall and Cohen's kappa of every grader "
+        "against hand labels",
+        description="Grade every hand-labelled answer of a labels file with every cheap "
+        "grader (and optionally an LLM judge), and print agreement, precision, recall and "
+        "Cohen's kappa per split of the file and overall.")
+    parser.add_argument("--labels", type=Path, required=True,
+                        help="labels file (JSON Lines), e.g. "
+                        "results/grader_validity/labels.jsonl")
+    parser.add_argument("--passages", type=Path, default=None,
+                        help="passages of the items (default: passages.json beside --labels)")
+    parser.add_argument("--output", type=Path, default=None, help="also write the table here")
+    parser.add_argument("--judge", default=None,
+                        help="also score an LLM judge: an OpenAI-compatible base URL (http...)")
+    parser.add_argument("--judge-model", default="gpt-4.1",
+                        help="model name for an endpoint judge")
+    return parser
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run ``selfedit graders`` on parsed arguments; print the table, return an exit code."""
+    items = load_labels(args.labels, args.passages)
+    graders: dict[str, grading.Grader] = dict(grading.GRADERS)
+    if getattr(args, "judge", None):
+        from selfedit.envs.judge import LLMJudge
+
+        graders["judge"] = LLMJudge(base_url=args.judge, model=args.judge_model)
+    table = validity_report(items, graders,
+                            title=f"Graders against the hand labels of {args.labels}\n")
+    print(table)
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(table + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":  # python -m selfedit.training.graders --labels FILE
+    _parser = argparse.ArgumentParser(prog="selfedit")
+    add_subcommand(_parser.add_subparsers(dest="command", required=True))
+    raise SystemExit(main(_parser.parse_args(["graders", *sys.argv[1:]])))
