@@ -133,20 +133,20 @@ def test_killed_run_resumes_without_repeating_evaluations(smol_tokenizer, tmp_pa
     full_evals = {e["key"]: e for e in _evaluations(full)}
     full_final = env.backend.fingerprint
 
-    # Killed in the middle of iteration 2 (after 1 of its 4 env steps).
+    # Killed in iteration 2, before its (batched) evaluations are written.
     cfg = _cfg(tmp_path / "b", heldout_samples=0, baselines=["no_training"])
     env = fresh_env(cfg)
-    steps, step = [0], env.step
+    steps, evaluate = [0], env.evaluate
     kill_at = sum(1 for e in full_evals.values()
                   if e["fingerprint"] == env.backend.fingerprint) + 1
 
-    def dying_step(action):
-        if steps[0] == kill_at:
+    def dying_evaluate(requests):
+        if steps[0] + len(requests) >= kill_at:
             raise Killed
-        steps[0] += 1
-        return step(action)
+        steps[0] += len(requests)
+        return evaluate(requests)
 
-    env.step = dying_step
+    env.evaluate = dying_evaluate
     with pytest.raises(Killed):
         train_restem(cfg, env=env)
     (run_dir,) = list((tmp_path / "b" / "out").iterdir())
@@ -156,13 +156,13 @@ def test_killed_run_resumes_without_repeating_evaluations(smol_tokenizer, tmp_pa
 
     # Resumed in a new env (the process died: fresh weights, rebuilt from the checkpoint).
     env = fresh_env(cfg)
-    counted, step2 = [0], env.step
+    counted, evaluate2 = [0], env.evaluate
 
-    def counting_step(action):
-        counted[0] += 1
-        return step2(action)
+    def counting_evaluate(requests):
+        counted[0] += len(requests)
+        return evaluate2(requests)
 
-    env.step = counting_step
+    env.evaluate = counting_evaluate
     train_restem(cfg, resume=run_dir, env=env)
     evals = _evaluations(run_dir)
     keys = [e["key"] for e in evals]

@@ -11,7 +11,7 @@ template meets the same completion and LoRA seeds on a passage (paired compariso
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -126,27 +126,64 @@ class Evaluator:
     def reset_seed(self, passage_index: int) -> int:
         return self.seed * 100_003 + passage_index
 
+    def key(self, sample: Sample, passage_index: int) -> str:
+        passage = self.env.corpus[passage_index]
+        return stable_hash([self.env.backend.fingerprint, self._settings, sample.text,
+                            passage.fingerprint, self.reset_seed(passage_index)], n=24)
+
     def evaluate(self, sample: Sample, passage_index: int) -> Evaluation:
+        return self.evaluate_many([(sample, passage_index)])[0]
+
+    def evaluate_many(self, pairs: Sequence[tuple[Sample, int]], *,
+                      batch: int = 8) -> list[Evaluation]:
+        """Every (template, passage) pair, the new ones ``batch`` at a time in one batched
+        pass of the env (issue 11); cached ones are read, invalid templates never run.
+
+        A pair's outcome is the env step ``reset(seed=reset_seed(p), passage p)`` then
+        ``step(template)`` would give, whatever else shares its batch.
+        """
+        from selfedit.training.executor import Job, step_jobs
+
         env = self.env
-        passage = env.corpus[passage_index]
-        reset_seed = self.reset_seed(passage_index)
-        fingerprint = env.backend.fingerprint
-        key = stable_hash([fingerprint, self._settings, sample.text, passage.fingerprint,
-                           reset_seed], n=24)
-        if sample.template is None:
-            return Evaluation(key, passage_index, passage.id, reset_seed, fingerprint,
-                              sample.text, False, float(env.config.invalid_reward),
-                              error="the reply is not a valid template")
-        cached = self.cache.get(key)
-        if cached is not None:
-            return Evaluation.from_dict(cached)
-        start = time.perf_counter()
-        env.reset(seed=reset_seed, options={"passage_ids": [passage_index]})
-        _, reward, _, _, info = env.step(sample.template)
-        self.steps += 1
-        result = Evaluation(key, passage_index, passage.id, reset_seed, fingerprint,
+        out: list[Evaluation | None] = [None] * len(pairs)
+        todo: list[tuple[int, str]] = []
+        for i, (sample, p) in enumerate(pairs):
+            passage = env.corpus[p]
+            key = self.key(sample, p)
+            if sample.template is None:
+                out[i] = Evaluation(key, p, passage.id, self.reset_seed(p),
+                                    env.backend.fingerprint, sample.text, False,
+                                    float(env.config.invalid_reward),
+                                    error="the reply is not a valid template")
+                continue
+            cached = self.cache.get(key)
+            if cached is not None:
+                out[i] = Evaluation.from_dict(cached)
+            elif all(key != k for _, k in todo):
+                todo.append((i, key))
+        for start in range(0, len(todo), batch):
+            block = todo[start : start + batch]
+            t0 = time.perf_counter()
+            jobs = [Job(pairs[i][0].template, self.reset_seed(pairs[i][1]), (pairs[i][1],))
+                    for i, _ in block]
+            outcomes = step_jobs(env, jobs)
+            seconds = (time.perf_counter() - t0) / len(block)  # amortised over the batch
+            self.steps += len(block)
+            for (i, key), (reward, info) in zip(block, outcomes, strict=True):
+                out[i] = self._record(key, pairs[i], reward, info, seconds)
+        for i, (sample, p) in enumerate(pairs):  # duplicates of a pair evaluated above
+            if out[i] is None:
+                out[i] = Evaluation.from_dict(self.cache.get(self.key(sample, p)) or {})
+        return [ev for ev in out if ev is not None]
+
+    def _record(self, key: str, pair: tuple[Sample, int], reward: float, info: dict[str, Any],
+                seconds: float) -> Evaluation:
+        sample, p = pair
+        env = self.env
+        passage = env.corpus[p]
+        result = Evaluation(key, p, passage.id, self.reset_seed(p), env.backend.fingerprint,
                             sample.text, True, float(reward), error=info.get("error"),
-                            seconds=time.perf_counter() - start)
+                            seconds=seconds)
         if result.error is None:
             result.accuracy = float(info["accuracy"])
             result.base_accuracy = float(info["base_accuracy"])
@@ -184,7 +221,7 @@ def heldout_eval(policy: TemplatePolicy, evaluator: Evaluator, passages: list[in
         written += policy.sample(samples, seed=seed + 1)
     rows = []
     for i, sample in enumerate(written):
-        evs = [evaluator.evaluate(sample, p) for p in passages]
+        evs = evaluator.evaluate_many([(sample, p) for p in passages])
         rows.append({"kind": "greedy" if i == 0 else "sampled", "template": sample.text,
                      "valid": sample.valid, "reward": float(np.mean([e.reward for e in evs])),
                      "per_passage": {e.passage_id: e.reward for e in evs}})
@@ -199,11 +236,12 @@ def heldout_eval(policy: TemplatePolicy, evaluator: Evaluator, passages: list[in
 
 def baseline_eval(evaluator: Evaluator, passages: list[int], names: list[str]) -> dict[str, float]:
     """Mean reward of each human baseline on the held-out passages (same seeds as the policy)."""
-    out = {}
-    for name in names:
-        sample = Sample(canonical_json(HUMAN_BASELINES[name]), HUMAN_BASELINES[name])
-        out[name] = float(np.mean([evaluator.evaluate(sample, p).reward for p in passages]))
-    return out
+    samples = {name: Sample(canonical_json(HUMAN_BASELINES[name]), HUMAN_BASELINES[name])
+               for name in names}
+    evs = evaluator.evaluate_many([(s, p) for s in samples.values() for p in passages])
+    n = len(passages)
+    return {name: float(np.mean([e.reward for e in evs[i * n : (i + 1) * n]]))
+            for i, name in enumerate(names)}
 
 
 def heldout_table(records: list[dict[str, Any]], baselines: list[str]) -> str:

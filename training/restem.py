@@ -189,7 +189,8 @@ def restem_iteration(cfg: RestemConfig, iteration: int, policy: TemplatePolicy,
 
     # E-step: sample K templates (seeded by the iteration: a resumed run gets the same ones).
     samples = policy.sample(cfg.templates_per_iteration, seed=cfg.seed * 1000 + iteration)
-    scores = [[evaluator.evaluate(s, p) for p in train] for s in samples]  # (K, P)
+    flat = evaluator.evaluate_many([(s, p) for s in samples for p in train])  # batched
+    scores = [flat[i * len(train) : (i + 1) * len(train)] for i in range(len(samples))]  # (K, P)
     rewards = np.array([[e.reward for e in row] for row in scores])  # (K, P)
     record["templates"] = [
         {"index": k, "template": s.text, "valid": s.valid, "mean_reward": float(rewards[k].mean()),

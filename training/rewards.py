@@ -126,6 +126,14 @@ class EnvReward:
                 raise ValueError("no passage_ids column in the dataset and no passages given: "
                                  "reward_function(env, passages=[...])")
             passage_ids = [self.passages] * len(texts)
+        # The group's evaluations in batched passes first; scoring then reads the cache.
+        pairs = []
+        for text, passages in zip(texts, passage_ids, strict=True):
+            template = parse_policy_reply(self.prefix + text)
+            if template is not None:
+                sample = Sample(canonical_json(template), template)
+                pairs += [(sample, int(p)) for p in passages]
+        self.evaluator.evaluate_many(pairs)
         rewards = template_rewards(texts, passage_ids, score=self.score, prefix=self.prefix,
                                    invalid_reward=self.evaluator.env.config.invalid_reward)
         self.calls += 1
