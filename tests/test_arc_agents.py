@@ -131,3 +131,13 @@ def test_survey_config_errors_say_what_to_fix(tmp_path) -> None:
     assert cfg.env.tasks == "seal_train" and cfg.writer_samples == 2
     with pytest.raises(ConfigError, match="did you mean"):
         load_survey_config(str(path), ["env.taks=x"])
+
+
+def test_a_survey_out_of_time_lists_what_it_skipped(tiny_backend, tmp_path) -> None:
+    cfg = SurveyConfig.from_dict({"output_dir": str(tmp_path), "max_minutes": 1e-9,
+                                  "env": {"tasks": "flip0001"}, "writer_samples": 0})
+    env = ArcEnv(cfg.env, backend=tiny_backend, dataset=DATASET)
+    summary = json.loads((run_survey(cfg, env=env) / "summary.json").read_text())
+    assert len(summary["skipped"]) == 3 + 1  # three baselines, then the oracle's first recipe
+    assert summary["per_task"]["flip0001"]["oracle"]["tried"] == 0
+    assert summary["restem"]["why_not"] == "writer_samples: 0"
