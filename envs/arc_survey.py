@@ -31,6 +31,7 @@ import shlex
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -362,7 +363,8 @@ def _markdown(s: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def load_survey_config(path: str | None, overrides: list[str]) -> SurveyConfig:
+def load_survey_config(path: str | Path | None,
+                       overrides: Sequence[str] = ()) -> SurveyConfig:
     """The YAML at ``path`` with ``key=value`` overrides (dotted keys reach into ``env``)."""
     raw: dict[str, Any] = {}
     if path:
