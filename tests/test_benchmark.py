@@ -78,7 +78,8 @@ def test_benchmark_end_to_end_on_a_tiny_model(tiny_model_dir, tmp_path, capsys) 
     # The report: measured sections, then the quoted anchors apart, then how to reproduce.
     report = (bench / "report.md").read_text()
     for heading in ("## Results (measured)", "## Is the difference real? Paired comparisons",
-                    "## Evaluation noise", "## Plots",
+                    "## Evaluation noise", "## What this benchmark can rank (power)",
+                    "## Plots",
                     "## The papers' figures (quoted, not measured)", "## Reproduce"):
         assert heading in report
     measured, quoted = report.split("## The papers' figures (quoted, not measured)")
@@ -88,6 +89,9 @@ def test_benchmark_end_to_end_on_a_tiny_model(tiny_model_dir, tmp_path, capsys) 
     assert "selfedit benchmark --config" in report and "transformers" in report
     summary = json.loads((bench / "summary.json").read_text())
     assert len(summary["noise"]["repeat_means"]) == 2
+    top = summary["power"]["top"]  # the best against the runner-up: what it can resolve
+    assert top["units"] == 2 and 0 <= top["detectable"] < float("inf")
+    assert summary["power"]["power"] == 0.8
     assert summary["passages"]["report"] == ["embedded:6", "embedded:7"]
     versions = summary["sessions"][0]["versions"]
     assert {"torch", "transformers", "peft", "trl", "gymnasium", "selfedit"} <= set(versions)
@@ -113,6 +117,11 @@ def test_benchmark_end_to_end_on_a_tiny_model(tiny_model_dir, tmp_path, capsys) 
     (bench / "report.md").unlink()
     assert main(["benchmark", "--report-only", str(bench)]) == 0
     assert (bench / "report.md").read_text() == report
+    # The planning mode: passages a target difference needs, from this directory's noise.
+    capsys.readouterr()
+    assert main(["benchmark", "--plan", str(bench), "--target-difference", "0.1"]) == 0
+    assert "passages needed" in capsys.readouterr().out
+    assert main(["benchmark", "--plan", str(bench), "--target-difference", "2"]) == 2
 
     # A kill mid-run: the last step and the noise run are lost; --resume finishes them only.
     steps = bench / "run" / "steps.jsonl"

@@ -138,3 +138,18 @@ def test_spread_by_hand() -> None:
     assert (s.low, s.high, s.n) == (0.25, 0.35, 4)
     assert s.range == pytest.approx(0.10)
     assert math.isnan(stats.spread([0.3]).std)
+
+
+def test_detectable_difference_and_units_needed_agree() -> None:
+    """The MDD falls as 1/sqrt(n); units_needed inverts it exactly (issue 12)."""
+    from selfedit.training.stats import detectable_difference, units_needed
+
+    sd = 0.18
+    mdd = [detectable_difference(sd, n) for n in (5, 20, 80)]
+    assert mdd[0] > mdd[1] > mdd[2]
+    assert mdd[1] / mdd[2] == pytest.approx(2.0, rel=0.05)  # four times the units, half
+    n = units_needed(sd, 0.05)
+    assert detectable_difference(sd, n) <= 0.05 < detectable_difference(sd, n - 1)
+    # Against the normal approximation (z 1.96 + 0.84) for large n.
+    assert detectable_difference(sd, 400) == pytest.approx(2.80 * sd / 20, rel=0.01)
+    assert units_needed(sd, 0.0) is None

@@ -50,6 +50,9 @@ class BenchmarkConfig(RunConfig):
     confidence: float = param(0.95, "coverage of every interval in the report")
     paper_anchors: bool = param(True, "add the papers' figures, quoted and marked as not "
                                 "measured")
+    power: float = param(0.8, "power of the detectable-difference analysis (the chance a "
+                         "true difference of that size is found by a paired test at the "
+                         "report's confidence)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -57,6 +60,8 @@ class BenchmarkConfig(RunConfig):
             raise ConfigError(f"noise_repeats must be >= 0, got {self.noise_repeats}")
         if self.resamples < 1:
             raise ConfigError(f"resamples must be >= 1, got {self.resamples}")
+        if not 0.5 <= self.power < 1.0:
+            raise ConfigError(f"power must be between 0.5 and 1 (e.g. 0.8), got {self.power}")
         if not 0.5 <= self.confidence < 1.0:
             raise ConfigError(f"confidence must be in [0.5, 1), got {self.confidence}")
         spec = self.noise_template

@@ -25,10 +25,12 @@ from selfedit.training.benchmark_stats import (
     Budget,
     Comparison,
     NoiseSummary,
+    PowerAnalysis,
     agent_rows,
     check_budgets,
     comparisons,
     noise_summary,
+    power_analysis,
     step_evaluations,
     unit_scores,
 )
@@ -37,7 +39,7 @@ from selfedit.training.jsonio import read_jsonl, write_json_atomic
 from selfedit.training.provenance import package_versions
 from selfedit.training.rundir import RunDir
 
-__all__ = ["PAPER_ANCHORS", "render_report", "write_report"]
+__all__ = ["PAPER_ANCHORS", "plan_passages", "power_markdown", "render_report", "write_report"]
 
 
 # --- the papers' figures, quoted -----------------------------------------------------------
@@ -79,6 +81,7 @@ def write_report(bench_dir: Path) -> Path:
     rows = agent_rows(units, records, budgets, names, cfg.confidence)
     comps = comparisons(units, rows, cfg)
     noise = noise_summary(noise_records, records)
+    power = power_analysis(units, rows, confidence=cfg.confidence, power=cfg.power)
 
     grader = cfg.env.reward_grader
     figures = _plots(bench_dir, cfg, names, records, iterations, rows)
@@ -94,15 +97,84 @@ def write_report(bench_dir: Path) -> Path:
         "agents": _table_dicts(rows),
         "comparisons": [{**asdict(c), "verdict": c.verdict} for c in comps],
         "noise": None if noise is None else {**asdict(noise), "spread": noise.spread._asdict()},
+        "power": asdict(power),
         "budgets": {a: b._asdict() for a, b in budgets.items()},
         "passages": split,
         "sessions": sessions,
     }
     write_json_atomic(bench_dir / "summary.json", summary, indent=2)
-    text = render_report(cfg, rows, comps, noise, budgets, figures, sessions, split)
+    text = render_report(cfg, rows, comps, noise, budgets, figures, sessions, split, power)
     path = bench_dir / "report.md"
     path.write_text(text)
     return path
+
+
+def power_markdown(power: PowerAnalysis, *, seeds: int = 1) -> list[str]:
+    """The report's section on what the benchmark can and cannot rank."""
+    unit = "passages" if seeds == 1 else "units"
+    conf, pw = f"{power.confidence:.0%}", f"{power.power:.0%}"
+    lines = ["", "## What this benchmark can rank (power)", "",
+             f"From the paired differences it measured: the smallest true difference a paired"
+             f" test over these {unit} finds with {pw} power at {conf} confidence (minimal"
+             f" detectable difference, MDD = (t + t_power) x sd / sqrt(n)), and how many"
+             f" {unit} would make the observed difference detectable.", ""]
+    top = power.top
+    if top is not None:
+        need = (f"about **{top.units_needed} {unit}**" if top.units_needed
+                else "more than 100,000 (the observed difference is ~0)")
+        lines += [f"Top agent **{top.agent}** against the runner-up **{top.reference}**:"
+                  f" observed difference {_num(top.observed_difference, True)} over"
+                  f" {top.units} {unit}, sd of the paired differences {_num(top.sd)}; **MDD"
+                  f" {_num(top.detectable)}**. Separating them at this observed difference"
+                  f" takes {need}.", ""]
+    lines += [f"| agent vs best | {unit} | observed difference | sd (paired) | MDD |"
+              f" {unit} to detect the observed difference |",
+              "|---|---:|---:|---:|---:|---:|"]
+    for p in power.pairs:
+        lines.append(f"| {p.agent} vs {p.reference} | {p.units} |"
+                     f" {_num(p.observed_difference, True)} | {_num(p.sd)} |"
+                     f" {_num(p.detectable)} | {p.units_needed or '> 100,000'} |")
+    lines += ["", "A difference below the MDD can be real but this benchmark cannot show it;"
+              " `selfedit benchmark --plan DIR --target-difference D` says how many"
+              f" {unit} a target difference D needs, from this directory's paired noise."]
+    return lines
+
+
+def plan_passages(bench_dir: Path, target: float) -> str:
+    """How many passages (units) a target detectable difference needs, from a finished
+    benchmark's paired noise: the planning mode of ``selfedit benchmark --plan``."""
+    from selfedit.training import stats
+
+    bench_dir = Path(bench_dir)
+    cfg = load_experiment(BenchmarkConfig, RunDir.config_file(
+        bench_dir, config_name="benchmark.yaml", flag="plan of", kind="benchmark directory"))
+    if not 0 < target < 1:
+        raise ValueError(f"--target-difference must be between 0 and 1 (an accuracy"
+                         f" difference such as 0.05), got {target}")
+    names = check_agents(cfg.agents)
+    records = read_jsonl(bench_dir / "run" / "steps.jsonl")
+    budgets = check_budgets(records, names,
+                            completions_per_passage=cfg.env.completions_per_passage)
+    units = unit_scores(records, read_jsonl(bench_dir / "noise" / "steps.jsonl"))
+    rows = agent_rows(units, records, budgets, names, cfg.confidence)
+    power = power_analysis(units, rows, confidence=cfg.confidence, power=cfg.power)
+    unit = "passages" if cfg.seeds == 1 else "units"
+    lines = [f"To detect a true difference of {target:g} with {cfg.power:.0%} power at"
+             f" {cfg.confidence:.0%} confidence (paired sd measured in {bench_dir}):", "",
+             f"| pair | sd (paired) | {unit} needed |", "|---|---:|---:|"]
+    pairs = ([power.top] if power.top else []) + [
+        p for p in power.pairs if not power.top or {p.agent, p.reference}
+        != {power.top.agent, power.top.reference}]
+    sds = []
+    for p in pairs:
+        need = stats.units_needed(p.sd, target, confidence=cfg.confidence, power=cfg.power)
+        sds.append(p.sd)
+        lines.append(f"| {p.agent} vs {p.reference} | {_num(p.sd)} | {need or '> 100,000'} |")
+    if sds:
+        typical = float(sorted(sds)[len(sds) // 2])
+        need = stats.units_needed(typical, target, confidence=cfg.confidence, power=cfg.power)
+        lines += ["", f"With the median paired sd ({_num(typical)}): **{need} {unit}**."]
+    return "\n".join(lines)
 
 
 def _read_json(path: Path, default: Any) -> Any:
@@ -195,6 +267,7 @@ def render_report(
     figures: dict[str, str],
     sessions: Sequence[dict[str, Any]],
     split: dict[str, list[str]] | None,
+    power: PowerAnalysis | None = None,
 ) -> str:
     env = cfg.env
     grader = env.reward_grader
@@ -295,6 +368,8 @@ def render_report(
             "rows that differ by less than the width of that range can differ by the seeds "
             "alone; the paired comparisons above are the test to trust.",
         ]
+    if power is not None:
+        lines += power_markdown(power, seeds=cfg.seeds)
     lines += [
         "",
         "## Plots",

@@ -19,7 +19,8 @@ import numpy as np
 from selfedit.training import stats
 from selfedit.training.benchmark_config import BenchmarkConfig
 
-__all__ = ["AgentRow", "Budget", "BudgetError", "Comparison", "NoiseSummary", "Unit",
+__all__ = ["AgentRow", "Budget", "BudgetError", "Comparison", "NoiseSummary", "PairPower",
+           "PowerAnalysis", "Unit", "pair_power", "power_analysis",
            "agent_rows", "check_budgets", "compare", "comparisons", "noise_summary",
            "step_evaluations", "unit_scores"]
 
@@ -322,3 +323,61 @@ def noise_summary(
         spread=stats.spread(means),
         unit_std=float(np.mean(per_passage)) if per_passage else float("nan"),
     )
+
+
+@dataclass
+class PairPower:
+    """What a paired comparison of two agents can resolve with the units it has."""
+
+    agent: str
+    reference: str
+    units: int
+    observed_difference: float  # mean of agent - reference over the common units
+    sd: float  # standard deviation of the paired differences
+    detectable: float  # smallest true difference found with the benchmark's power here
+    units_needed: int | None  # units that would make the observed difference detectable
+
+
+@dataclass
+class PowerAnalysis:
+    """The benchmark's power: what it can rank, and what it would take to rank the top two."""
+
+    confidence: float
+    power: float
+    top: PairPower | None  # the best agent against the runner-up
+    pairs: list[PairPower]  # every agent against the best
+
+
+def pair_power(units: dict[str, dict[UnitKey, Unit]], agent: str, reference: str, *,
+               confidence: float, power: float) -> PairPower:
+    common = sorted(set(units[agent]) & set(units[reference]))
+    diff = np.array([units[agent][k].accuracy - units[reference][k].accuracy
+                     for k in common])  # (n,)
+    sd = float(diff.std(ddof=1)) if len(diff) > 1 else float("nan")
+    observed = float(diff.mean()) if len(diff) else float("nan")
+    ok = len(diff) > 1 and np.isfinite(sd)
+    return PairPower(
+        agent, reference, len(common), observed, sd,
+        stats.detectable_difference(sd, len(common), confidence=confidence, power=power)
+        if ok else float("inf"),
+        stats.units_needed(sd, observed, confidence=confidence, power=power) if ok else None,
+    )
+
+
+def power_analysis(units: dict[str, dict[UnitKey, Unit]], rows: Sequence[AgentRow], *,
+                   confidence: float, power: float) -> PowerAnalysis:
+    """Minimal detectable differences from the paired noise the benchmark measured.
+
+    For every agent against the best, and for the best against the runner-up: the standard
+    deviation of the paired per-unit differences gives the smallest true difference a
+    paired test over these units detects with ``power`` (:func:`stats.detectable_difference`)
+    and how many units would make the observed difference detectable.
+    """
+    ranked = sorted(rows, key=lambda r: r.accuracy, reverse=True)
+    best = ranked[0].agent
+    pairs = [pair_power(units, r.agent, best, confidence=confidence, power=power)
+             for r in ranked[1:]]
+    top = None
+    if len(ranked) > 1:
+        top = pair_power(units, best, ranked[1].agent, confidence=confidence, power=power)
+    return PowerAnalysis(confidence, power, top, pairs)

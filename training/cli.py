@@ -94,6 +94,11 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--report-only", type=Path, metavar="DIR",
                        help="rebuild the report and plots of a benchmark directory from its "
                        "records (no model is loaded)")
+    bench.add_argument("--plan", type=Path, metavar="DIR",
+                       help="from a finished benchmark's paired noise, how many passages a "
+                       "--target-difference needs (no model is loaded)")
+    bench.add_argument("--target-difference", type=float, default=0.05, metavar="D",
+                       help="with --plan: the accuracy difference to detect (default 0.05)")
     _add_executor_option(bench)
     bench.add_argument("overrides", nargs="*", help="key=value overrides, e.g. noise_repeats=2")
     _add_training_commands(sub)
@@ -269,6 +274,17 @@ def _benchmark(args: argparse.Namespace, argv: list[str]) -> int:
     from selfedit.training.rundir import RunDir
 
     try:
+        if args.plan is not None:
+            from selfedit.training.benchmark_report import plan_passages
+
+            if args.config or args.overrides or args.resume or args.force or args.executor:
+                raise ConfigError("--plan reads the directory's own records and config; drop"
+                                  " the other options")
+            try:
+                print(plan_passages(args.plan, args.target_difference))
+            except ValueError as err:
+                raise ConfigError(str(err)) from None
+            return 0
         if args.report_only is not None:
             if args.config or args.overrides or args.resume or args.force or args.executor:
                 raise ConfigError("--report-only reads the directory's own records and config;"

@@ -271,3 +271,57 @@ def spread(values: Sequence[float] | np.ndarray) -> Spread:
     arr = _as_array(values, "spread")
     std = float(arr.std(ddof=1)) if arr.size > 1 else float("nan")
     return Spread(float(arr.mean()), std, float(arr.min()), float(arr.max()), int(arr.size))
+
+
+def detectable_difference(sd: float, n: int, *, confidence: float = 0.95,
+                          power: float = 0.8) -> float:
+    """The smallest true mean difference a paired two-sided t-test over ``n`` units detects
+    with probability ``power`` at level ``1 - confidence``, when the paired differences have
+    standard deviation ``sd``: ``(t_{1-alpha/2} + t_{power}) * sd / sqrt(n)``, n - 1 df.
+
+    The usual approximation to the noncentral-t power (accurate to a few percent for
+    n >= 5); with n < 2 nothing can be detected (infinity).
+
+    >>> round(detectable_difference(0.2, 10), 3)  # (2.262 + 0.883) * 0.2 / sqrt(10)
+    0.199
+    >>> detectable_difference(0.2, 1)
+    inf
+    """
+    if n < 2:
+        return math.inf
+    alpha = 1.0 - confidence
+    k = t_quantile(1.0 - alpha / 2.0, n - 1) + t_quantile(power, n - 1)
+    return k * sd / math.sqrt(n)
+
+
+def units_needed(sd: float, difference: float, *, confidence: float = 0.95,
+                 power: float = 0.8, limit: int = 100_000) -> int | None:
+    """How many paired units make ``difference`` detectable (``detectable_difference`` at or
+    below it); None when it would take more than ``limit`` (or the difference is 0).
+
+    >>> units_needed(0.2, 0.199)
+    10
+    >>> units_needed(0.0, 0.05)  # no spread: two units already show it
+    2
+    """
+    difference = abs(difference)
+    if sd == 0.0:
+        return 2 if difference > 0 else None
+    if difference == 0.0:
+        return None
+    def enough(n: int) -> bool:
+        return detectable_difference(sd, n, confidence=confidence, power=power) <= difference
+
+    hi = 2
+    while not enough(hi):  # the detectable difference falls as n grows: double, then bisect
+        if hi >= limit:
+            return None
+        hi = min(2 * hi, limit)
+    lo = max(2, hi // 2)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if enough(mid):
+            hi = mid
+        else:
+            lo = mid + 1
+    return hi
