@@ -221,32 +221,9 @@ class RecipeWriterAgent(MetaPromptAgent):
         self.prefix = RECIPE_PREFIX if prefix_json else ""
         self.replies: list[str] = []  # the last batch's raw replies (ReST-EM's SFT targets)
 
-    def act_batch(self, observations: Sequence[dict[str, Any]],
-                  infos: Sequence[dict[str, Any]]) -> list[ArcAction]:
-        texts = [self.prompt(o) for o in observations]
-        temps = [self.temperatures[int(e)]
-                 for e in self.rng.random(len(texts)) < self.explore_ratio]
-        found: list[ArcRecipe | None] = [None] * len(texts)
-        last = [""] * len(texts)
-        for _ in range(1 + self.max_retries):
-            for temp in sorted({temps[i] for i, r in enumerate(found) if r is None}):
-                group = [i for i, r in enumerate(found) if r is None and temps[i] == temp]
-                replies = self.backend.generate(
-                    [texts[i] for i in group], max_new_tokens=self.max_new_tokens,
-                    temperature=temp, seed=int(self.rng.integers(2**31 - 1)),
-                    response_prefix=self.prefix,
-                )
-                for i, reply in zip(group, replies, strict=True):
-                    self.counts["attempts"] += 1
-                    last[i] = reply
-                    found[i] = parse_recipe_reply(reply)
-                    self.counts["invalid_outputs"] += found[i] is None
-            if all(r is not None for r in found):
-                break
-        self.counts["proposals"] += len(texts)
-        self.counts["gave_up"] += sum(r is None for r in found)
-        self.replies = last
-        return [r if r is not None else last[i] for i, r in enumerate(found)]
+    def parse(self, reply: str) -> ArcRecipe | None:
+        """A recipe, not a template: the one thing this writer does differently."""
+        return parse_recipe_reply(reply)
 
 
 # -- config entries -------------------------------------------------------------------------

@@ -91,7 +91,12 @@ class MetaPromptAgent(BaseAgent):
         self.rng = np.random.default_rng(seed)
         self.counts = {"proposals": 0, "attempts": 0, "invalid_outputs": 0, "gave_up": 0}
 
-    # -- what the model is shown ------------------------------------------------------
+    # -- what the model is shown, and how its reply is read ----------------------------
+    def parse(self, reply: str) -> Any:
+        """The action a reply stands for, or None when it is not a valid one (the template
+        parser here; subclasses for other action kinds, such as ARC recipes, override it)."""
+        return parse_reply(reply)
+
     def prompt(self, observation: dict[str, Any]) -> str:
         """The observation's prompt: the meta-prompt (plus an archive under ArchiveObservation)."""
         return observation["prompt"]
@@ -124,12 +129,13 @@ class MetaPromptAgent(BaseAgent):
                 for i, reply in zip(group, replies, strict=True):
                     self.counts["attempts"] += 1
                     last[i] = reply
-                    template = parse_reply(reply)
+                    template = self.parse(reply)
                     if template is None:
                         self.counts["invalid_outputs"] += 1
                     else:
                         results[i] = template
         self.counts["proposals"] += len(texts)
+        self.replies = last  # the batch's raw replies (ReST-EM trains on them)
         out: list[Action] = []
         for i, r in enumerate(results):
             if r is None:

@@ -199,3 +199,8 @@ register_agent("ucb1", _bandits.ucb1_from_spec, keys=_bandits.UCB1_KEYS)
 register_agent("thompson", _bandits.thompson_from_spec, keys=_bandits.THOMPSON_KEYS)
 register_agent("evolution", _bandits.evolution_from_spec, keys=_bandits.EVOLUTION_KEYS)
 # --- end bandit agents ---
+
+# --- ARC agents (selfedit/ARC-v0, issue 15) ---
+from selfedit.agents.arc import register_arc_agents  # noqa: E402 - after the registry exists
+
+register_arc_agents()

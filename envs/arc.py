@@ -20,7 +20,7 @@ from __future__ import annotations
 import time
 import traceback
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import gymnasium as gym
@@ -48,8 +48,8 @@ from selfedit.envs.arc_data import (
 )
 from selfedit.envs.arc_recipe import ArcRecipe, RecipeError, parse_recipe, recipe_prompt
 from selfedit.envs.backend import make_backend, weights_checksum
-from selfedit.envs.config import ConfigError, EnvConfig, check_keys, check_types
-from selfedit.envs.selfedit_env import CHARSET, MAX_TEXT
+from selfedit.envs.config import ConfigError, EnvConfig, check_keys, check_types, param
+from selfedit.envs.selfedit_env import CHARSET, MAX_TEXT, Seconds
 from selfedit.envs.templates import TemplateError
 from selfedit.envs.update import LoRAUpdate, TrainingSequence, UpdateOperator, UpdateStats
 
@@ -66,39 +66,14 @@ def _in_charset(text: str) -> str:
     return "".join(c if c in _CHARSET_SET else "?" for c in text)[:MAX_TEXT]
 
 
-class _Seconds(float):
-    """A measured duration: a float that equals any other duration.
-
-    Time is a measurement of the machine, not part of the transition; gymnasium's
-    ``check_env`` compares infos for determinism, so durations must compare equal.
-    (The SQuAD env's working tree has the same type as ``Seconds``; use it once committed.)
-
-    >>> _Seconds(1.0) == _Seconds(2.0), _Seconds(1.5) + 1
-    (True, 2.5)
-    """
-
-    def __eq__(self, other: object) -> bool:
-        return True if isinstance(other, _Seconds) else float(self) == other
-
-    def __ne__(self, other: object) -> bool:
-        return not self.__eq__(other)
-
-    def __hash__(self) -> int:
-        return 0
-
-    def __repr__(self) -> str:
-        return f"{float(self):.3f}"
-
-
 class Timings(dict[str, float]):
-    """Seconds per phase of a step; values are stored as :class:`_Seconds`."""
+    """Seconds per phase of a step; values are stored as :class:`Seconds`."""
 
     def __setitem__(self, key: str, value: float) -> None:
-        super().__setitem__(key, _Seconds(value))
+        super().__setitem__(key, Seconds(value))
 
 
-def _f(default: Any, help: str) -> Any:  # noqa: A002 - "help" reads best at call sites
-    return field(default=default, metadata={"help": help})
+_f = param  # the project's one field helper, under the short name the fields read best with
 
 
 @dataclass

@@ -41,13 +41,15 @@ def test_config_reference_lists_every_key() -> None:
 
 def test_every_shipped_config_validates() -> None:
     """Each config in configs/ loads with the loader of the command its header names."""
+    from selfedit.envs.arc_survey import load_survey_config
     from selfedit.training.benchmark import load_benchmark_config
     from selfedit.training.config import load_config
     from selfedit.training.continual import load_continual_config
     from selfedit.training.restem import load_train_config
 
     loaders = {"benchmark": load_benchmark_config, "restem": load_train_config,
-               "grpo": load_train_config, "continual": load_continual_config}
+               "grpo": load_train_config, "continual": load_continual_config,
+               "arc": load_survey_config}
     configs = sorted((REPO / "configs").glob("*.yaml"))
     assert len(configs) >= 10
     for path in configs:
