@@ -3,7 +3,8 @@
 Kept in ``envs/`` so that the env's wrappers (the stable-baselines3 adapter) and the agents
 share them without ``envs`` importing ``agents`` (issue 14).
 
-* :data:`HUMAN_BASELINES`: the five strategies the papers compare, in the project's words.
+* :data:`HUMAN_BASELINES`: the strategies the papers compare (and EntiGraph), in the
+  project's words.
   Each uses SEAL's hyperparameters (rank 32, alpha 64, lr 1e-3, 10 epochs; arXiv
   2506.10943 sec. 4) unless overridden; the synthetic-data templates also train on the
   passage itself, as SEAL's "passage + synthetic data" rows do.
@@ -69,6 +70,20 @@ HUMAN_BASELINES: dict[str, Template] = {
         _SEAL,
         include_passage=True,
         name="self_qa",
+    ),
+    # EntiGraph (synthetic continued pretraining, Yang et al. 2024, arXiv 2409.07431; SEAL's
+    # continued-pretraining baseline): name the passage's entities, then write about how
+    # pairs of them relate. One instruction asks for both steps; the entity lines are short
+    # and the parser drops them, so the relation paragraphs are what trains (issue 17).
+    "entigraph": Template(
+        "First list the important entities of the passage (people, places, objects, dates,"
+        " numbers), one per line. Then, for pairs of those entities, write a short paragraph"
+        " on how the two are related according to the passage, naming both entities and"
+        " keeping every name, number and date exactly as written. Separate the paragraphs"
+        " with a blank line.",
+        _SEAL,
+        include_passage=True,
+        name="entigraph",
     ),
     "passage": Template("", _SEAL, include_passage=True, name="passage"),
     "no_training": Template(
