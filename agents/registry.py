@@ -204,3 +204,24 @@ register_agent("evolution", _bandits.evolution_from_spec, keys=_bandits.EVOLUTIO
 from selfedit.agents.arc import register_arc_agents  # noqa: E402 - after the registry exists
 
 register_arc_agents()
+
+# --- test-time self-improvement agents (self-edit mode, issue 17) ---
+from selfedit.agents import ttsi as _ttsi  # noqa: E402 - after the registry exists
+
+
+def _checked(factory: Callable[[dict[str, Any], Any], Agent]) -> AgentFactory:
+    """A factory whose argument errors become one-line config errors naming the agent."""
+    def build(spec: dict[str, Any], env: Any) -> Agent:
+        try:
+            return factory(spec, env)
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"agent {spec.get('name', spec.get('type'))}: {err}") from None
+
+    return build
+
+
+register_agent("ttsi", _checked(_ttsi.ttsi_from_spec), _ttsi.TTSI_KEYS)
+register_agent("ttd", _checked(_ttsi.ttd_from_spec), _ttsi.TTSI_KEYS | {"teacher", "teacher_dtype"})
+register_agent("self_edit_template", _checked(_ttsi.template_self_edit_from_spec),
+               {"template", "baseline", "hyperparameters", "seed"})
+# --- end test-time self-improvement agents ---
