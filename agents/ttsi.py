@@ -9,8 +9,9 @@ learn (issue 17), so in the env's self-edit mode (``action_mode: self_edit``: th
 shows the passage, the action is the training data) the agent
 
 1. writes candidate question-answer pairs about the passage with the self model (sampled;
-   when the model writes too few that parse, sentence-completion items cut from the passage
-   fill up: ``source: cloze``);
+   answers that are not mostly words of the passage are dropped, ``grounded``; the pool is
+   filled up to ``candidates`` with sentence-completion items cut from the passage,
+   ``source: cloze``);
 2. measures, closed-book, how unsure the self model is of each answer: by default the mean
    negative log-likelihood of the answer's tokens after the env's own answer prompt
    (``uncertainty: likelihood``, one no-grad forward pass), or the disagreement among
@@ -67,6 +68,7 @@ VARIANT_PROMPT = (
     "Title: {title}\nPassage: {context}\n\nQuestion: {question}\nAnswer: {answer}"
 )
 UNCERTAINTY = ("likelihood", "disagreement")
+REPLY_PREFIX = "Question:"
 MAX_ANSWER_WORDS = 16  # an answer longer than this is a recital, not an answer: cut it
 
 
@@ -181,6 +183,20 @@ def cloze_items(title: str, context: str, *, limit: int, answer_words: int = 3) 
     return out
 
 
+def grounded(answer: str, context: str, *, share: float = 0.5) -> bool:
+    """Whether most of the answer's words occur in the passage (SQuAD normalisation).
+
+    The model's least likely answers include its hallucinations ("Answer: 2"): training on
+    those teaches wrong facts, so an answer must be mostly words of the passage.
+
+    >>> grounded("Ada Voss", "The bridge was built by Ada Voss."), grounded("2", "It is red.")
+    (True, False)
+    """
+    words = normalize_answer(answer).split()
+    known = set(normalize_answer(context).split())
+    return bool(words) and sum(w in known for w in words) >= share * len(words)
+
+
 # --- how unsure the self model is ---------------------------------------------------------
 @torch.no_grad()
 def answer_loglik(backend: Any, questions: Sequence[str], answers: Sequence[str], *,
@@ -261,13 +277,16 @@ class TTSIAgent(BaseAgent):
         name: the agent's name.
         writer: the backend that writes the variants; None = ``backend`` (TT-SI), another
             model = TT-D.
-        candidates: candidate pairs kept for scoring (at most).
+        candidates: size of the pool that is scored: the model's pairs, filled up with
+            sentence-completion items from the passage.
         samples: sampled replies of the self model asking for candidates.
         keep: the most uncertain candidates that are trained on.
         variants: similar pairs the writer adds per kept candidate.
         uncertainty: ``likelihood`` (mean negative log-likelihood of the answer) or
             ``disagreement`` (among ``disagreement_samples`` sampled answers).
         include_passage: also train on the passage itself (as the synthetic human baselines).
+        grounded: drop candidates and variants whose answer is not mostly words of the
+            passage (the small model's least likely answers are often its inventions).
         hyperparameters: LoRA hyperparameters of the self-edit (default: SEAL's).
         temperature: sampling temperature of candidates and variants.
         max_new_tokens: tokens per candidate reply (variants get half).
@@ -287,9 +306,10 @@ class TTSIAgent(BaseAgent):
         uncertainty: str = "likelihood",
         disagreement_samples: int = 4,
         include_passage: bool = True,
+        grounded: bool = True,
         hyperparameters: Hyperparameters | dict[str, Any] | None = None,
         temperature: float = 0.7,
-        max_new_tokens: int = 256,
+        max_new_tokens: int = 160,
         answer_max_tokens: int = 24,
         seed: int = 0,
     ) -> None:
@@ -323,13 +343,15 @@ class TTSIAgent(BaseAgent):
         self.uncertainty = uncertainty
         self.disagreement_samples = disagreement_samples
         self.include_passage = include_passage
+        self.grounded = grounded
         self.hyperparameters = hyperparameters
         self.temperature = temperature
         self.max_new_tokens = max_new_tokens
         self.answer_max_tokens = answer_max_tokens
         self.rng = np.random.default_rng(seed)
         self.counts: dict[str, Any] = {
-            "proposals": 0, "candidates_model": 0, "candidates_cloze": 0, "kept": 0,
+            "proposals": 0, "candidates_model": 0, "candidates_ungrounded": 0,
+            "candidates_cloze": 0, "kept": 0,
             "variants_written": 0, "variants_restated": 0, "sequences": 0, "trace": []}
 
     def _seed(self) -> int:
@@ -340,8 +362,11 @@ class TTSIAgent(BaseAgent):
         """Step 1: candidate pairs per passage, from sampled replies of the self model."""
         texts = [CANDIDATE_PROMPT.format(n=self.n_candidates, title=t, context=c)
                  for t, c in passages for _ in range(self.samples)]
+        # Starting the reply with the format steers a small model into it (as the meta-prompt
+        # agents start theirs inside the JSON); a larger model's reply parses either way.
         replies = self.backend.generate(texts, max_new_tokens=self.max_new_tokens,
-                                        temperature=self.temperature, seed=self._seed())
+                                        temperature=self.temperature, seed=self._seed(),
+                                        response_prefix=REPLY_PREFIX)
         out = []
         for i, (title, context) in enumerate(passages):
             items: list[QAItem] = []
@@ -349,10 +374,13 @@ class TTSIAgent(BaseAgent):
             for reply in replies[i * self.samples:(i + 1) * self.samples]:
                 for item in parse_qa_pairs(reply):
                     key = normalize_answer(item.question)
+                    if self.grounded and not grounded(item.answer, context):
+                        self.counts["candidates_ungrounded"] += 1
+                        continue
                     if key not in seen and len(items) < self.n_candidates:
                         seen.add(key)
                         items.append(item)
-            if len(items) < self.keep:  # too few to choose from: cut items from the passage
+            if len(items) < self.n_candidates:  # a pool to choose from: fill from the passage
                 items += cloze_items(title, context, limit=self.n_candidates - len(items))
             out.append(items)
         return out
@@ -390,12 +418,15 @@ class TTSIAgent(BaseAgent):
                                        context=passages[p][1], question=it.question,
                                        answer=it.answer) for p, it in jobs]
         replies = self.writer.generate(texts, max_new_tokens=max(self.max_new_tokens // 2, 8),
-                                       temperature=self.temperature, seed=self._seed())
+                                       temperature=self.temperature, seed=self._seed(),
+                                       response_prefix=REPLY_PREFIX)
         out: list[list[list[QAItem]]] = [[] for _ in kept]
         for (p, item), reply in zip(jobs, replies, strict=True):
             same = normalize_answer(item.question)
             found = [v for v in parse_qa_pairs(reply, source="variant")
-                     if normalize_answer(v.question) != same][:self.variants]
+                     if normalize_answer(v.question) != same
+                     and (not self.grounded or grounded(v.answer, passages[p][1]))]
+            found = found[:self.variants]
             if not found:
                 found = [QAItem(item.question.rstrip(" ?."), item.answer, "restated")]
             out[p].append(found)
@@ -514,7 +545,8 @@ class TemplateSelfEditAgent(BaseAgent):
 
 # --- config entries (agents/registry.py registers these) ----------------------------------
 TTSI_KEYS = {"candidates", "samples", "keep", "variants", "uncertainty", "disagreement_samples",
-             "include_passage", "hyperparameters", "temperature", "max_new_tokens", "seed"}
+             "include_passage", "grounded", "hyperparameters", "temperature", "max_new_tokens",
+             "seed"}
 
 
 def _env_settings(env: Any) -> dict[str, Any]:
