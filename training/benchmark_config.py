@@ -53,6 +53,10 @@ class BenchmarkConfig(RunConfig):
     power: float = param(0.8, "power of the detectable-difference analysis (the chance a "
                          "true difference of that size is found by a paired test at the "
                          "report's confidence)")
+    measure_reference: str | None = param(
+        "passage", "agent whose units the template-search measures' win rate is taken "
+        "against (arXiv 2601.14532 section of the report); null or an agent not in the "
+        "benchmark = that win rate is not reported")
 
     def __post_init__(self) -> None:
         super().__post_init__()

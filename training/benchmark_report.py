@@ -26,12 +26,14 @@ from selfedit.training.benchmark_stats import (
     Comparison,
     NoiseSummary,
     PowerAnalysis,
+    TemplateMeasures,
     agent_rows,
     check_budgets,
     comparisons,
     noise_summary,
     power_analysis,
     step_evaluations,
+    template_measures,
     unit_scores,
 )
 from selfedit.training.experiment import load_experiment
@@ -39,7 +41,8 @@ from selfedit.training.jsonio import read_jsonl, write_json_atomic
 from selfedit.training.provenance import package_versions
 from selfedit.training.rundir import RunDir
 
-__all__ = ["PAPER_ANCHORS", "plan_passages", "power_markdown", "render_report", "write_report"]
+__all__ = ["MEASURES_SOURCE", "PAPER_ANCHORS", "measures_markdown", "plan_passages",
+           "power_markdown", "render_report", "write_report"]
 
 
 # --- the papers' figures, quoted -----------------------------------------------------------
@@ -82,12 +85,15 @@ def write_report(bench_dir: Path) -> Path:
     comps = comparisons(units, rows, cfg)
     noise = noise_summary(noise_records, records)
     power = power_analysis(units, rows, confidence=cfg.confidence, power=cfg.power)
+    measures = template_measures(records, names, reference=cfg.measure_reference,
+                                 base_records=noise_records)
 
     grader = cfg.env.reward_grader
     figures = _plots(bench_dir, cfg, names, records, iterations, rows)
     _write_csv(bench_dir / "table.csv", _table_dicts(rows))
     _write_csv(bench_dir / "comparisons.csv",
                [{**asdict(c), "verdict": c.verdict} for c in comps])
+    _write_csv(bench_dir / "measures.csv", [asdict(m) for m in measures])
     sessions = _read_json(bench_dir / "environment.json", [])
     split = _read_json(bench_dir / "passages.json", None)
     summary = {
@@ -98,12 +104,15 @@ def write_report(bench_dir: Path) -> Path:
         "comparisons": [{**asdict(c), "verdict": c.verdict} for c in comps],
         "noise": None if noise is None else {**asdict(noise), "spread": noise.spread._asdict()},
         "power": asdict(power),
+        "measures": {"source": MEASURES_SOURCE, "reference": cfg.measure_reference,
+                     "agents": [asdict(m) for m in measures]},
         "budgets": {a: b._asdict() for a, b in budgets.items()},
         "passages": split,
         "sessions": sessions,
     }
     write_json_atomic(bench_dir / "summary.json", summary, indent=2)
-    text = render_report(cfg, rows, comps, noise, budgets, figures, sessions, split, power)
+    text = render_report(cfg, rows, comps, noise, budgets, figures, sessions, split, power,
+                         measures)
     path = bench_dir / "report.md"
     path.write_text(text)
     return path
@@ -137,6 +146,59 @@ def power_markdown(power: PowerAnalysis, *, seeds: int = 1) -> list[str]:
     lines += ["", "A difference below the MDD can be real but this benchmark cannot show it;"
               " `selfedit benchmark --plan DIR --target-difference D` says how many"
               f" {unit} a target difference D needs, from this directory's paired noise."]
+    return lines
+
+
+MEASURES_SOURCE = ("arXiv 2601.14532 (Search over Self-Edit Strategies for LLM Adaptation): "
+                   "per-template statistics of its code's self_edit_template_statistics")
+
+
+def _count(value: float, digits: int) -> str:
+    return f"{value:,.{digits}f}" if math.isfinite(value) else "n/a"
+
+
+def _opt(value: float | None, signed: bool = False) -> str:
+    return "not measured" if value is None else _num(value, signed)
+
+
+def measures_markdown(measures: Sequence[TemplateMeasures], reference: str | None) -> list[str]:
+    """The report's section with the template-search paper's per-template measurements."""
+    ref = next((m.reference for m in measures if m.reference), None)
+    lines = ["", "## Template-search measures (arXiv 2601.14532)", "",
+             "The template-search paper's statistics per template (definitions in"
+             " `selfedit.training.benchmark_stats.TemplateMeasures`, after the paper's code):"
+             " **gain**, **normalized gain** (a mean of per-evaluation ratios) and **win rate**"
+             " (share of evaluations above the passage's unadapted accuracy) over every"
+             " (unit, completion) evaluation; **robustness**: standard deviation across"
+             " passages of the per-passage mean (lower = more general-purpose);"
+             " **instantiation noise**: standard deviation across completions of one"
+             " template on one unit, averaged; **evaluation noise**: standard deviation across"
+             " answer repeats of one adapter, averaged (measured only when results carry"
+             " `repeat_accuracy`, i.e. answers were sampled); population standard deviations."
+             + (f" **Win vs {ref}**: share of units where the agent beats `{ref}`"
+                " (ties in brackets)." if ref else
+                f" No win rate against a reference: `{reference}` is not an agent here."
+                if reference else ""),
+             "",
+             "| agent | evaluations | gain | norm. gain | win rate (vs base) |"
+             + (f" win vs {ref} (ties) |" if ref else "")
+             + " robustness (sd over passages) | instantiation noise | evaluation noise |"
+             " training sequences / evaluation | training tokens / evaluation |",
+             "|---|---:|---:|---:|---:|" + ("---:|" if ref else "") + "---:|---:|---:|---:|---:|"]
+    for m in measures:
+        versus = ""
+        if ref:
+            versus = (" — |" if m.win_rate_reference is None else
+                      f" {_num(m.win_rate_reference)} ({_num(m.tie_rate_reference or 0.0)}) |")
+        inst = ("n/a (1 completion)" if m.completions < 2 else _opt(m.instantiation_noise))
+        lines.append(
+            f"| {m.agent} | {m.evaluations} | {_num(m.gain, True)} |"
+            f" {_num(m.normalized_gain, True)} | {_num(m.win_rate)} |{versus}"
+            f" {_num(m.robustness)} | {inst} | {_opt(m.evaluation_noise)} |"
+            f" {_count(m.sequences, 1)} | {_count(m.train_tokens, 0)} |")
+    if all(m.evaluation_noise is None for m in measures):
+        lines += ["", "Evaluation noise: not measured (answers are greedy: no answer repeats"
+                  " in the records)."]
     return lines
 
 
@@ -268,6 +330,7 @@ def render_report(
     sessions: Sequence[dict[str, Any]],
     split: dict[str, list[str]] | None,
     power: PowerAnalysis | None = None,
+    measures: Sequence[TemplateMeasures] = (),
 ) -> str:
     env = cfg.env
     grader = env.reward_grader
@@ -370,6 +433,8 @@ def render_report(
         ]
     if power is not None:
         lines += power_markdown(power, seeds=cfg.seeds)
+    if measures:
+        lines += measures_markdown(measures, cfg.measure_reference)
     lines += [
         "",
         "## Plots",

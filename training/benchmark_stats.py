@@ -20,9 +20,9 @@ from selfedit.training import stats
 from selfedit.training.benchmark_config import BenchmarkConfig
 
 __all__ = ["AgentRow", "Budget", "BudgetError", "Comparison", "NoiseSummary", "PairPower",
-           "PowerAnalysis", "Unit", "pair_power", "power_analysis",
+           "PowerAnalysis", "TemplateMeasures", "Unit", "pair_power", "power_analysis",
            "agent_rows", "check_budgets", "compare", "comparisons", "noise_summary",
-           "step_evaluations", "unit_scores"]
+           "step_evaluations", "template_measures", "unit_scores"]
 
 
 class BudgetError(RuntimeError):
@@ -381,3 +381,151 @@ def power_analysis(units: dict[str, dict[UnitKey, Unit]], rows: Sequence[AgentRo
     if len(ranked) > 1:
         top = pair_power(units, best, ranked[1].agent, confidence=confidence, power=power)
     return PowerAnalysis(confidence, power, top, pairs)
+
+
+# --- the template-search paper's measurements --------------------------------------------------
+@dataclass
+class TemplateMeasures:
+    """One agent's measurements as the template-search paper defines them per template.
+
+    arXiv 2601.14532 (Cheong et al., "Search over Self-Edit Strategies for LLM Adaptation")
+    scores a template over a tensor of results (A articles, C completions of the template per
+    article, E evaluation repeats per adapter); its code documents each statistic
+    (``apply_self_edits_output_explanation``, ``self_edit_template_statistics``). Here an
+    article is a benchmark unit (seed, episode, passage), a completion one result of a step
+    (``env.completions_per_passage`` of them per passage), a repeat one entry of a result's
+    ``repeat_accuracy`` (answer sampling). Every spread is a population standard deviation
+    (ddof 0, numpy's default, as the paper's code computes them). An invalid action counts at
+    the passage's base accuracy (gain 0, no win), as in the table, and is left out of the
+    three spreads (it has no completion to vary).
+
+    * ``accuracy``: mean over (A, C) of the evaluation's accuracy.
+    * ``gain``: mean over (A, C) of accuracy - the article's base accuracy (no adapter).
+    * ``normalized_gain``: mean over (A, C) of (accuracy - base) / (1 - base) (Hake 1998; 0
+      where base = 1): unlike the table's, a mean of per-evaluation ratios.
+    * ``win_rate``: share of (A, C) evaluations whose accuracy beats the article's base
+      accuracy (the paper's win rate: against the unadapted model).
+    * ``win_rate_reference``: share of common units where the agent's unit accuracy beats the
+      reference agent's (``measure_reference``, e.g. ``passage``); ties counted apart.
+    * ``robustness``: standard deviation across passages of the agent's per-passage mean
+      accuracy ("how robust is the template across different articles": low =
+      general-purpose).
+    * ``instantiation_noise``: per unit, the standard deviation across completions of their
+      accuracy (mean over repeats), averaged over units: how much the particular completion of
+      the template matters. None with one completion per passage.
+    * ``evaluation_noise``: per evaluation, the standard deviation across its answer repeats,
+      averaged over evaluations: how much grading one fixed adapter fluctuates. None when no
+      result carries ``repeat_accuracy`` (answers were not sampled: "not measured").
+    * ``sequences`` / ``train_tokens``: training sequences and tokens per evaluation (what
+      the update trained on, from ``results[i].update``).
+    """
+
+    agent: str
+    units: int
+    evaluations: int
+    completions: int  # the most completions any unit had
+    invalid_units: int
+    accuracy: float
+    gain: float
+    normalized_gain: float
+    win_rate: float
+    reference: str | None
+    win_rate_reference: float | None
+    tie_rate_reference: float | None
+    robustness: float
+    instantiation_noise: float | None
+    evaluation_noise: float | None
+    repeats: int  # the most answer repeats any evaluation had (0: not measured)
+    sequences: float
+    train_tokens: float
+
+
+def _pstd(values: Sequence[float]) -> float:
+    return float(np.std(values)) if len(values) else float("nan")
+
+
+def _evaluations(record: dict[str, Any], base: dict[str, tuple[float, dict[str, float]]]
+                 ) -> dict[str, list[dict[str, Any]]]:
+    """A step's evaluations per passage: its results, or an invalid step's passages at base."""
+    out: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    if record.get("error"):
+        for pid in record.get("passage_ids") or []:
+            if pid in base:
+                acc = base[pid][0]
+                out[pid].append({"accuracy": acc, "base_accuracy": acc, "invalid": True})
+        return out
+    for r in record.get("results") or []:
+        out[r["passage_id"]].append(r)
+    return out
+
+
+def template_measures(records: Sequence[dict[str, Any]], agents: Sequence[str], *,
+                      reference: str | None = "passage",
+                      base_records: Sequence[dict[str, Any]] = ()) -> list[TemplateMeasures]:
+    """:class:`TemplateMeasures` of every agent, from step records alone (no model)."""
+    lookup = _base_lookup([*records, *base_records])
+    units = unit_scores(records, base_records)
+    ref = reference if reference in units else None
+    out = []
+    for agent in agents:
+        per_unit: dict[UnitKey, list[dict[str, Any]]] = {}
+        for record in (r for r in records if r.get("agent") == agent):
+            prefix = (int(record["seed_index"]), int(record["episode"]))
+            for pid, evals in _evaluations(record, lookup).items():
+                per_unit[(*prefix, pid)] = evals
+        flat = [e for evals in per_unit.values() for e in evals]
+        if not flat:
+            raise BudgetError(f"agent {agent} has no scored unit; nothing to measure")
+        acc = np.array([float(e["accuracy"]) for e in flat])  # (A*C,)
+        base = np.array([float(e["base_accuracy"]) for e in flat])  # (A*C,)
+        norm = np.where(base >= 1.0, 0.0, (acc - base) / np.where(base >= 1.0, 1.0, 1.0 - base))
+        by_passage: dict[str, list[float]] = defaultdict(list)
+        for (_, _, pid), evals in per_unit.items():
+            by_passage[pid] += [float(e["accuracy"]) for e in evals]
+        valid = {k: v for k, v in per_unit.items() if not v[0].get("invalid")}
+        inst = [_pstd([_repeat_mean(e) for e in evals]) for evals in valid.values()
+                if len(evals) > 1]
+        repeats = [e["repeat_accuracy"] for evals in valid.values() for e in evals
+                   if isinstance(e.get("repeat_accuracy"), list) and e["repeat_accuracy"]]
+        win_ref = tie_ref = None
+        if ref is not None and agent != ref:
+            common = sorted(set(units.get(agent, {})) & set(units[ref]))
+            if common:
+                mine = np.array([units[agent][k].accuracy for k in common])
+                theirs = np.array([units[ref][k].accuracy for k in common])
+                win_ref = float(np.mean(mine > theirs))
+                tie_ref = float(np.mean(mine == theirs))
+        updates = [e.get("update") or {} for evals in valid.values() for e in evals]
+        out.append(TemplateMeasures(
+            agent=agent,
+            units=len(per_unit),
+            evaluations=len(flat),
+            completions=max(len(v) for v in per_unit.values()),
+            invalid_units=len(per_unit) - len(valid),
+            accuracy=float(acc.mean()),
+            gain=float((acc - base).mean()),
+            normalized_gain=float(norm.mean()),
+            win_rate=float(np.mean(acc > base)),
+            reference=ref,
+            win_rate_reference=win_ref,
+            tie_rate_reference=tie_ref,
+            robustness=_pstd([float(np.mean(v)) for v in by_passage.values()]),
+            instantiation_noise=float(np.mean(inst)) if inst else None,
+            evaluation_noise=(float(np.mean([_pstd(r) for r in repeats if len(r) > 1]))
+                              if any(len(r) > 1 for r in repeats) else None),
+            repeats=max((len(r) for r in repeats), default=0),
+            sequences=float(np.mean([u.get("sequences", 0) for u in updates]))
+            if updates else float("nan"),
+            train_tokens=float(np.mean([u.get("train_tokens", 0) for u in updates]))
+            if updates else float("nan"),
+        ))
+    return out
+
+
+def _repeat_mean(evaluation: dict[str, Any]) -> float:
+    """An evaluation's accuracy averaged over its answer repeats (the paper's reduction over
+    E before the spread across completions); its accuracy when answers were not repeated."""
+    repeats = evaluation.get("repeat_accuracy")
+    if isinstance(repeats, list) and repeats:
+        return float(np.mean(repeats))
+    return float(evaluation["accuracy"])
