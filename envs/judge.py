@@ -342,8 +342,11 @@ class ChatEndpoint:
                     "only goes to the host you named: set env.judge to the final URL"
                 ) from None
             except urllib.error.HTTPError as err:  # before URLError: it is a subclass
-                detail = redact(err.read(4 * MAX_DETAIL_CHARS).decode("utf-8", "replace"),
-                                api_key)
+                try:
+                    body = err.read(4 * MAX_DETAIL_CHARS).decode("utf-8", "replace")
+                except (OSError, ValueError):  # the error body itself timed out or broke
+                    body = ""
+                detail = redact(body, api_key)
                 err.close()
                 last = f"HTTP {err.code}: {detail}"
                 if not _is_transient(err.code) or attempt == self.max_retries:

@@ -20,10 +20,8 @@ is graded with its own question and golds only.
 For every grader the table reports agreement, precision and recall (of "correct" verdicts)
 and Cohen's kappa, per split and over all items.
 
-Wiring (the CLI calls these two)::
-
-    add_subcommand(subparsers)        # adds "graders" with its options
-    main(args) -> int                 # runs it on the parsed arguments
+Wiring: either ``add_subcommand(subparsers)`` plus ``main(args)``, or a command of the CLI's
+own that calls :func:`graders_command` with the same options.
 """
 
 from __future__ import annotations
@@ -45,6 +43,7 @@ __all__ = [
     "agreement",
     "cohen_kappa",
     "grade_items",
+    "graders_command",
     "load_labels",
     "main",
     "validity_report",
@@ -259,20 +258,30 @@ def add_subcommand(subparsers: argparse._SubParsersAction) -> argparse.ArgumentP
     return parser
 
 
-def main(args: argparse.Namespace) -> int:
-    """Run ``selfedit graders`` on parsed arguments; print the table, return an exit code."""
-    items = load_labels(args.labels, args.passages)
+def graders_command(labels: str | Path, passages: str | Path | None = None,
+                    output: str | Path | None = None, judge: str | None = None,
+                    judge_model: str = "gpt-4.1") -> str:
+    """What ``selfedit graders`` does: the table for a labels file (also written to
+    ``output``); ``judge``, an OpenAI-compatible base URL, adds an LLM judge column."""
+    items = load_labels(labels, passages)
     graders: dict[str, grading.Grader] = dict(grading.GRADERS)
-    if getattr(args, "judge", None):
+    if judge:
         from selfedit.envs.judge import LLMJudge
 
-        graders["judge"] = LLMJudge(base_url=args.judge, model=args.judge_model)
+        graders["judge"] = LLMJudge(base_url=judge, model=judge_model)
     table = validity_report(items, graders,
-                            title=f"Graders against the hand labels of {args.labels}\n")
-    print(table)
-    if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(table + "\n", encoding="utf-8")
+                            title=f"Graders against the hand labels of {labels}\n")
+    if output:
+        path = Path(output)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(table + "\n", encoding="utf-8")
+    return table
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run ``selfedit graders`` on parsed arguments; print the table, return an exit code."""
+    print(graders_command(args.labels, args.passages, args.output, getattr(args, "judge", None),
+                          getattr(args, "judge_model", "gpt-4.1")))
     return 0
 
 

@@ -17,6 +17,7 @@ that the graders still pay real answers.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import re
 import sys
@@ -43,6 +44,7 @@ __all__ = [
     "STRATEGIES",
     "capitalised_phrases",
     "end_to_end",
+    "end_to_end_command",
     "end_to_end_report",
     "fact_dump",
     "load_rows",
@@ -90,6 +92,11 @@ def _is_name_or_number(word: str) -> bool:
     return word[:1].isupper() or any(ch.isdigit() for ch in word)
 
 
+@functools.lru_cache(maxsize=1024)  # strategies ask again for every question of a passage
+def _phrases(text: str, words: bool) -> tuple[str, ...]:
+    return tuple(_capitalised_phrases(text, words=words))
+
+
 def capitalised_phrases(text: str, *, words: bool = False) -> list[str]:
     """Every capitalised word or number of ``text``, joined into phrases, in order, once.
 
@@ -101,6 +108,10 @@ def capitalised_phrases(text: str, *, words: bool = False) -> list[str]:
     >>> capitalised_phrases("The River Sillow flows 310 km.", words=True)
     ['River', 'Sillow', '310']
     """
+    return list(_phrases(text, words))
+
+
+def _capitalised_phrases(text: str, *, words: bool = False) -> list[str]:
     phrases: list[str] = []
     run: list[str] = []
     for match in _WORD.finditer(text):
@@ -335,8 +346,9 @@ E2E_GRADERS = ("committed", "contains", "f1", "exact_match")
 
 def fact_dump(passage: Passage) -> dict[str, Any]:
     """The self-edit-mode attack: one training sequence that is nothing but the passage's
-    capitalised words and numbers, comma-separated, with SEAL's default hyperparameters."""
-    return {"sequences": [", ".join(capitalised_phrases(passage.context, words=True))]}
+    capitalised words and numbers, comma-separated (consecutive ones kept together, as in
+    "Denver Broncos, Carolina Panthers, Levi's Stadium, 2016")."""
+    return {"sequences": [", ".join(capitalised_phrases(passage.context))]}
 
 
 @dataclass
@@ -352,6 +364,7 @@ class EndToEndRow:
     seconds: float
     reward: float  # what the env paid (invalid_reward for an action it could not evaluate)
     error: str | None = None  # the env's error; the model then answers as without training
+    completion: str = ""  # template mode: what the self model wrote (first 400 characters)
 
 
 def end_to_end(
@@ -428,7 +441,8 @@ def end_to_end(
                 result = info["results"][0] if info.get("results") else {}
                 row = EndToEndRow(name, mode, passage.id, dict(info["metrics"]),
                                   dict(info["base_metrics"]), list(result.get("answers", [])),
-                                  seconds, float(reward))
+                                  seconds, float(reward),
+                                  completion=str(result.get("completion") or "")[:400])
             rows.append(row)
             if on_row is not None:
                 on_row(row)
@@ -512,7 +526,7 @@ def regrade(rows: Sequence[EndToEndRow], corpus: Corpus) -> list[EndToEndRow]:
                         if base_answers is not None else row.base_metrics)
         reward = row.reward if row.error else metrics["committed"]
         out.append(EndToEndRow(row.strategy, row.mode, row.passage_id, metrics, base_metrics,
-                               row.answers, row.seconds, reward, row.error))
+                               row.answers, row.seconds, reward, row.error, row.completion))
     return out
 
 
@@ -558,40 +572,55 @@ def _local_or_endpoint_judge(where: str, model: str) -> Any:
     return LLMJudge(generate=lambda texts, n: backend.generate(texts, max_new_tokens=n))
 
 
+def end_to_end_command(corpus: str, passages: str | None, out: Path, *,
+                       epochs: int | None = None, regrade_only: bool = False,
+                       command: str | None = None) -> str:
+    """What ``selfedit recitation --end-to-end DIR`` does; returns the table it wrote.
+
+    Runs (or, with ``regrade_only``, re-grades) the end-to-end attacks on ``passages``
+    (default ``0:6``) of ``corpus`` and writes ``rows.jsonl`` (appended row by row, so a
+    killed run resumes where it stopped), ``table.md`` and ``command.txt`` to ``out``.
+    """
+    source = load_corpus(corpus)
+    rows_path = out / "rows.jsonl"
+    if regrade_only:
+        rows = regrade(load_rows(rows_path), source)
+        save_rows(rows, rows_path)
+    else:
+        indices = [source.passages.index(p) for p in source.select(passages or "0:6")]
+        out.mkdir(parents=True, exist_ok=True)
+        done = load_rows(rows_path) if rows_path.is_file() else []  # resume a killed run
+        if command:
+            (out / "command.txt").write_text(command + "\n", encoding="utf-8")
+
+        def append(row: EndToEndRow) -> None:
+            with rows_path.open("a", encoding="utf-8") as stream:
+                stream.write(json.dumps(asdict(row), ensure_ascii=False) + "\n")
+
+        env_kwargs = {} if corpus == "embedded" else {"corpus": corpus}
+        rows = end_to_end(indices, num_epochs=epochs, env_kwargs=env_kwargs,
+                          progress=lambda line: print(line, flush=True), done=done,
+                          on_row=append)
+    table = end_to_end_report(rows)
+    (out / "table.md").write_text(table + "\n", encoding="utf-8")
+    return table
+
+
 def main(args: argparse.Namespace) -> int:
     """Run ``selfedit recitation`` on parsed arguments; print the table, return an exit code."""
     if args.end_to_end is None:
         judge = _local_or_endpoint_judge(args.judge, args.judge_model) if args.judge else None
         table = red_team_report(args.corpus, args.passages, judge=judge)
-        print(table)
         if args.output:
             args.output.parent.mkdir(parents=True, exist_ok=True)
             args.output.write_text(table + "\n", encoding="utf-8")
-        return 0
-    out: Path = args.end_to_end
-    corpus = load_corpus(args.corpus)
-    if args.regrade:
-        rows = regrade(load_rows(out / "rows.jsonl"), corpus)
-        save_rows(rows, out / "rows.jsonl")
     else:
-        indices = [corpus.passages.index(p) for p in corpus.select(args.passages or "0:6")]
-        out.mkdir(parents=True, exist_ok=True)
-        rows_path = out / "rows.jsonl"
-        done = load_rows(rows_path) if rows_path.is_file() else []  # resume a killed run
         argv = sys.argv[1:]
         argv = argv[argv.index("recitation") + 1:] if "recitation" in argv else argv
-        (out / "command.txt").write_text(
-            " ".join(["OMP_NUM_THREADS=1 selfedit recitation", *argv]) + "\n", encoding="utf-8")
-        env_kwargs = {} if args.corpus == "embedded" else {"corpus": args.corpus}
-        def append(row: EndToEndRow) -> None:
-            with rows_path.open("a", encoding="utf-8") as stream:
-                stream.write(json.dumps(asdict(row), ensure_ascii=False) + "\n")
-
-        rows = end_to_end(indices, num_epochs=args.epochs, env_kwargs=env_kwargs,
-                          progress=lambda line: print(line, flush=True), done=done,
-                          on_row=append)
-    table = end_to_end_report(rows)
-    (out / "table.md").write_text(table + "\n", encoding="utf-8")
+        command = " ".join(["OMP_NUM_THREADS=1 selfedit recitation", *argv])
+        table = end_to_end_command(args.corpus, args.passages, args.end_to_end,
+                                   epochs=args.epochs, regrade_only=args.regrade,
+                                   command=command)
     print(table)
     return 0
 
