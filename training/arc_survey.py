@@ -1,6 +1,7 @@
 """Which ARC tasks can a model solve with a recipe? Baselines, oracle, writer, one ReST-EM round.
 
-``python -m selfedit.envs.arc_survey --config configs/arc_cpu.yaml`` runs, top to bottom:
+``selfedit arc-survey --config configs/arc_cpu.yaml`` runs, top to bottom (the old
+``python -m selfedit.envs.arc_survey`` still works and says so):
 
 1. **Baselines** on every task of ``env.tasks``: in-context only, the plain leave-one-out set,
    every augmentation family (:data:`~selfedit.agents.arc.ARC_BASELINES`).
@@ -15,7 +16,8 @@
    in place. The writer's recipes that solved their task are the winners; the writer is
    fine-tuned on (observation -> recipe) with the SFT step the SQuAD ReST-EM uses, then writes
    recipes for every task again. Without winners there is nothing to learn from, and the
-   summary says so.
+   summary says so. (``selfedit train`` with ``env_id: selfedit/ARC-v0`` runs full ReST-EM
+   with held-out tasks, checkpoints and resume: configs/restem_arc_cpu.yaml.)
 
 Everything lands in ``<output_dir>/<name>__<seed>__<time>/``: the resolved config, one JSON
 line per evaluation (``evaluations.jsonl``), ``summary.json`` and ``summary.md``. Phases
@@ -42,6 +44,8 @@ from selfedit.envs.arc import ArcConfig, ArcEnv
 from selfedit.envs.arc_data import ArcTask
 from selfedit.envs.arc_recipe import ArcRecipe, parse_recipe
 from selfedit.envs.config import ConfigError, check_keys, check_types
+from selfedit.training import sft
+from selfedit.training.experiment import apply_overrides, read_yaml
 
 __all__ = ["SurveyConfig", "main", "run_survey"]
 
@@ -180,15 +184,6 @@ class Survey:
         return record
 
 
-def _sft_module() -> Any:
-    """The SFT step of the SQuAD ReST-EM (moving to training/sft.py in a refactor)."""
-    try:
-        from selfedit.training import sft
-    except ImportError:
-        from selfedit.training import restem as sft
-    return sft
-
-
 def run_survey(cfg: SurveyConfig, *, env: ArcEnv | None = None,
                command: str | None = None) -> Path:
     """Run the four phases; return the run directory."""
@@ -277,7 +272,6 @@ def _restem_iteration(cfg: SurveyConfig, survey: Survey, writer: Any, tasks: lis
     if survey.out_of_time("ReST-EM iteration"):
         out["why_not"] = "out of time (max_minutes)"
         return out
-    sft = _sft_module()
     examples = [sft.SFTExample("recipes", prompt, reply) for prompt, reply in winners]
     with tempfile.TemporaryDirectory() as work:  # the merged adapter is not kept
         result = sft.sft_update(survey.env.backend, examples,
@@ -365,37 +359,27 @@ def _markdown(s: dict[str, Any]) -> str:
 
 def load_survey_config(path: str | Path | None,
                        overrides: Sequence[str] = ()) -> SurveyConfig:
-    """The YAML at ``path`` with ``key=value`` overrides (dotted keys reach into ``env``)."""
-    raw: dict[str, Any] = {}
-    if path:
-        raw = yaml.safe_load(Path(path).read_text()) or {}
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"override {item!r} must look like key=value")
-        target = raw
-        *parents, leaf = key.split(".")
-        for part in parents:
-            target = target.setdefault(part, {})
-        target[leaf] = yaml.safe_load(value)
-    return SurveyConfig.from_dict(raw)
+    """The YAML at ``path`` with ``key=value`` overrides (dotted keys reach into ``env``),
+    read as every command reads its config (size and alias limits, one-line errors)."""
+    return SurveyConfig.from_dict(apply_overrides(read_yaml(path), list(overrides)))
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None, *, prog: str = "selfedit arc-survey") -> int:
+    """``selfedit arc-survey [--config FILE] [key=value ...]``; returns the exit status."""
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument("--config", help="YAML survey config (configs/arc_cpu.yaml)")
     parser.add_argument("overrides", nargs="*", help="key=value, e.g. env.tasks=seal_eval")
     args = parser.parse_args(argv)
     try:
         cfg = load_survey_config(args.config, args.overrides)
     except (ConfigError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
-    command = "python -m selfedit.envs.arc_survey " + shlex.join(argv or sys.argv[1:])
-    run_dir = run_survey(cfg, command=command)
+    words = list(argv) if argv is not None else sys.argv[1:]
+    run_dir = run_survey(cfg, command=shlex.join([*prog.split(), *words]))
     print(f"results in {run_dir}")
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main(prog="python -m selfedit.training.arc_survey"))
