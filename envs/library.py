@@ -253,15 +253,16 @@ class TemplateLibrary:
         self.operators = list(ops)
         n_rates, n_caps = len(self.learning_rates), len(self.lora_ranks)
         # Default tables: as many values as LoRA's, spread geometrically over each operator's
-        # sensible range (full: lr 1e-6..3e-5, the last 1, 2, 4, ... blocks then all of them;
-        # svd: lr 1e-3..3e-2, the leading 16, 64, 256, ... singular values then all).
+        # sensible range on the 135M model (full: lr 1e-5..3e-4, the last 1, 2, 4, ... blocks
+        # then all of them; svd: lr 3e-3..3e-2, the leading 16, 64, 256, ... singular values
+        # then all; FullHyperparameters and SVDHyperparameters say what was measured).
         tables = {
             "full_learning_rates": ("learning_rate", FullHyperparameters,
-                                    _spread(1e-6, 3e-5, n_rates, 1e-5)),
+                                    _spread(1e-5, 3e-4, n_rates, 1e-4)),
             "full_last_layers": ("last_layers", FullHyperparameters,
                                  [2**i for i in range(n_caps - 1)] + [0]),
             "svd_learning_rates": ("learning_rate", SVDHyperparameters,
-                                   _spread(1e-3, 3e-2, n_rates, 1e-2)),
+                                   _spread(3e-3, 3e-2, n_rates, 2e-2)),
             "svd_components": ("svd_components", SVDHyperparameters,
                                [16 * 4**i for i in range(n_caps - 1)] + [0]),
         }

@@ -822,8 +822,8 @@ class SingularValueUpdate:
     train together and answer in one batch (``adapted_many``, the joint loop of
     :func:`~selfedit.envs.multilora.train_adapters`).
 
-    The SVDs are computed the first time an update needs them (seconds to minutes: the 135M
-    model's 210 matrices took ~20 s on 2 CPU cores), cached on disk under ``cache_dir``
+    The SVDs are computed the first time an update needs them (the 135M model's 210
+    matrices: 37 s on one busy CPU core; from the disk cache: 2.3 s), cached under ``cache_dir``
     (default: ``<cache_root()>/svd``) keyed by ``backend.fingerprint`` and the target names,
     and kept in memory for the model in use. A model whose weights change in place must
     refresh its fingerprint (``env.rebase``), or the old SVDs are used: the base is still

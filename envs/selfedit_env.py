@@ -392,10 +392,22 @@ class SelfEditEnv(gym.Env):
                 [(self.corpus[i].title, self.corpus[i].context) for i in shown],
                 operators=operators, default_operator=cfg.default_operator)
         else:
-            text = prompts.meta_prompt(
-                operators=operators, default_operator=cfg.default_operator,
-                pooled=len(idx) if cfg.pool_passages and len(idx) > 1 else 0)
+            text = self.meta_prompt()
         return {"prompt": _in_charset(text), "passage_ids": np.asarray(idx, dtype=np.int64)}
+
+    def meta_prompt(self, archive: str = "") -> str:
+        """The meta-prompt of this env's settings (its operators, pooling) plus ``archive``.
+
+        What the template-mode observation shows; a wrapper or agent that adds an archive
+        section should build its prompt here, so the operator choice and the pooled setting
+        stay explained (issue 16).
+        """
+        cfg = self.config
+        # LoRA alone: the prompt of earlier versions, word for word (no operator choice).
+        operators = None if cfg.operators == ["lora"] else cfg.operators
+        pooled = cfg.passages_per_step if cfg.pool_passages and cfg.passages_per_step > 1 else 0
+        return prompts.meta_prompt(archive, operators=operators,
+                                   default_operator=cfg.default_operator, pooled=pooled)
 
     def step(self, action: Any) -> tuple[dict[str, Any], float, bool, bool, dict[str, Any]]:
         start = time.perf_counter()  # the step budget counts from here (issue 13)

@@ -396,6 +396,12 @@ def test_meta_prompt_explains_only_the_allowed_operators(tiny_backend) -> None:
                          **FAST).reset(seed=0)[0]["prompt"]
     assert '"svd"' in prompt and "svd_components" in prompt and '"full"' not in prompt
     assert "last_layers" not in prompt
+    env = SelfEditEnv(backend=tiny_backend, operators=["full"], default_operator="full",
+                      passages_per_step=2, pool_passages=True, **FAST)
+    with_archive = env.meta_prompt("Templates evaluated so far: none yet.")
+    assert '"update_operator": "full"' in with_archive and "last_layers" in with_archive
+    assert "2 passages arrive together" in with_archive
+    assert with_archive.endswith("Templates evaluated so far: none yet.")
 
 
 # -- the operator as an axis of the library, the wrapper and the bandits ------------------------
