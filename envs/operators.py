@@ -720,6 +720,8 @@ class SingularValueBank:
         device = self.modules[0][1].weight.device
         if ids and all(a == ids[0] for a in ids) and ids[0] < len(self):
             self._route = _SVRoute(False, None, single=ids[0])
+        elif all(a == len(self) for a in ids):  # every row is the base: no projection at all
+            self._route = _SVRoute(False, None)
         else:
             self._route = _SVRoute(False, torch.tensor(ids, dtype=torch.long, device=device))
         try:
@@ -791,7 +793,8 @@ class SingularValueBank:
                 delta = F.linear(h, u).view_as(output)  # (B, T, out)
                 return output + delta.to(output.dtype)
             owner = route.owner
-            assert owner is not None
+            if owner is None:
+                return None
             scale = table[owner].view(owner.shape[0], *([1] * (x.dim() - 2)), -1)  # (B, 1, r)
             h = F.linear(x.to(vh.dtype), vh) * scale  # (B, T, r)
             return output + F.linear(h, u).to(output.dtype)

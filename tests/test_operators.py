@@ -216,6 +216,8 @@ def test_svd_bank_computes_u_diag_sz_vh(tiny_backend) -> None:
             with bank.rows([None, 0]):  # row routing: row 0 is the base, row 1 adapter 0
                 out = module(x)
             assert torch.equal(out[0], torch.nn.functional.linear(x[0], module.weight))
+            with bank.rows([None, None]):
+                assert torch.equal(module(x), torch.nn.functional.linear(x, module.weight))
             assert torch.allclose(out[1], x[1] @ dense.T, atol=1e-4)
             for z in bank.parameters(0):
                 z.fill_(1.0)
