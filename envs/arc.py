@@ -12,7 +12,16 @@ recipe (JSON: augmentations, loss on outputs or all tokens, learning rate, epoch
   -> the adapted model predicts each test output greedily (optionally under invertible
      augmentations, voted); the reply is parsed strictly into a grid
   -> reward 1 if every test output is exactly right, else 0; base weights bit-identical
+  -> the same prediction without an adapter (in context; cached per model and task) gives
+     the base accuracy: info carries the reward fields every env of this project reports
 ```
+
+The reward fields are the contract the runners read from any env's step info (the SQuAD env
+has them too): ``passage_ids`` (the ids of the items scored: here the task id), ``accuracy``
+(= the reward of a valid step: 1.0 solved, 0.0 not), ``base_accuracy`` (the untrained model,
+in context: SEAL's "in-context learning" row), ``gain``, ``normalized_gain``, ``metrics`` and
+``base_metrics`` (the same keys: ``solved``, ``tests_correct``, ``cell_accuracy``) and
+``results`` (one entry per scored item with those fields).
 """
 
 from __future__ import annotations
@@ -49,11 +58,12 @@ from selfedit.envs.arc_data import (
 from selfedit.envs.arc_recipe import ArcRecipe, RecipeError, parse_recipe, recipe_prompt
 from selfedit.envs.backend import make_backend, weights_checksum
 from selfedit.envs.config import ConfigError, EnvConfig, check_keys, check_types, param
-from selfedit.envs.selfedit_env import CHARSET, MAX_TEXT, Seconds
+from selfedit.envs.selfedit_env import CHARSET, MAX_TEXT, Seconds, normalized_gain
 from selfedit.envs.templates import TemplateError
 from selfedit.envs.update import LoRAUpdate, TrainingSequence, UpdateOperator, UpdateStats
 
-__all__ = ["ENV_ID", "ArcConfig", "ArcEnv", "TrainingSet", "build_training_set", "vote"]
+__all__ = ["ENV_ID", "ArcConfig", "ArcEnv", "TrainingSet", "build_training_set", "grid_metrics",
+           "vote"]
 
 ENV_ID = "selfedit/ARC-v0"
 
@@ -260,6 +270,34 @@ def _listed(grid: Grid | None) -> list[list[int]] | None:
     return None if grid is None else [list(r) for r in grid]
 
 
+def grid_metrics(tests: list[dict[str, Any]]) -> dict[str, float]:
+    """The metrics of a prediction of every test output (``ArcEnv._predict``'s records).
+
+    ``solved``: 1.0 if every test output is right (the reward); ``tests_correct``: the share
+    of test outputs that are right; ``cell_accuracy``: per test output, the share of gold cells
+    the first voted grid matches (0 when it has another shape or none parsed), averaged -- a
+    dense signal for models that solve nothing yet.
+
+    >>> grid_metrics([{"gold": [[1, 2]], "voted": [[[1, 3]]], "correct": False}])
+    {'solved': 0.0, 'tests_correct': 0.0, 'cell_accuracy': 0.5}
+    """
+    cells = []
+    for t in tests:
+        gold, voted = t["gold"], t["voted"]
+        guess = voted[0] if voted else None
+        if guess is None or len(guess) != len(gold) or any(
+                len(a) != len(b) for a, b in zip(guess, gold, strict=True)):
+            cells.append(0.0)
+            continue
+        total = sum(len(row) for row in gold)
+        same = sum(x == y for a, b in zip(guess, gold, strict=True)
+                   for x, y in zip(a, b, strict=True))
+        cells.append(same / total)
+    correct = [bool(t["correct"]) for t in tests]
+    return {"solved": float(all(correct)), "tests_correct": float(np.mean(correct)),
+            "cell_accuracy": float(np.mean(cells))}
+
+
 class ArcEnv(gym.Env):
     """Teach a model an ARC task with a self-written training recipe; reward 1 if solved.
 
@@ -291,7 +329,10 @@ class ArcEnv(gym.Env):
     hyperparameters, over the token budget, a non-finite loss) gets ``invalid_reward``
     (default -0.1) and ``info["error"]``. ``info`` also carries the recipe, the training
     sequences and their token counts, the predicted grids and raw replies, the loss curve's
-    ends, budgets applied and timings.
+    ends, budgets applied and timings, and the reward fields every env of the project reports
+    (``passage_ids`` = [task id], ``accuracy``, ``base_accuracy`` of the untrained model in
+    context, ``gain``, ``normalized_gain``, ``metrics``/``base_metrics``: ``solved``,
+    ``tests_correct``, ``cell_accuracy``; ``results``), so the runners read both envs alike.
 
     ## Starting State
     ``reset`` draws a task with ``self.np_random``, or takes ``options={"task_index": i}`` or
@@ -306,7 +347,8 @@ class ArcEnv(gym.Env):
     ``dataset=`` a mapping of task id to :class:`~selfedit.envs.arc_data.ArcTask`.
 
     ## Version History
-    * v0: initial version.
+    * v0: initial version; the reward fields (``accuracy``, ``base_accuracy``, ``gain``,
+      ``metrics``, ``results``, ...) and the cached in-context baseline added to ``info``.
     """
 
     metadata: dict[str, Any] = {"render_modes": []}
@@ -370,6 +412,9 @@ class ArcEnv(gym.Env):
         self.update = update or LoRAUpdate(**kwargs)
         self._task_idx: int | None = None
         self._steps = 0
+        # In-context predictions per (model fingerprint, task id): the base accuracy of a task
+        # is measured once per model, as the SQuAD env caches its baselines.
+        self._base_tests: dict[tuple[str, str], list[dict[str, Any]]] = {}
         self._base_checksum = weights_checksum(self.backend.model) if cfg.verify_base_every else ""
         self.action_space = spaces.Text(max_length=MAX_TEXT, min_length=0, charset=CHARSET)
         self.observation_space = spaces.Dict({
@@ -439,17 +484,22 @@ class ArcEnv(gym.Env):
             raise gym.error.ResetNeeded("call reset() before step()")
         return self.tasks[self._task_idx]
 
+    def prompt_for(self, index: int) -> str:
+        """The observation's prompt for ``tasks[index]`` (what a recipe writer is shown),
+        without resetting the env: a policy trainer asks it for many tasks at once."""
+        return _in_charset(recipe_prompt(self.tasks[index].train, self.grid_separator))
+
     def _observation(self) -> dict[str, Any]:
         assert self._task_idx is not None
-        return {"prompt": _in_charset(recipe_prompt(self.task.train, self.grid_separator)),
-                "task_index": self._task_idx}
+        return {"prompt": self.prompt_for(self._task_idx), "task_index": self._task_idx}
 
     def step(self, action: Any) -> tuple[dict[str, Any], float, bool, bool, dict[str, Any]]:
         task = self.task
         start = time.perf_counter()
         step_seed = int(self.np_random.integers(2**31 - 1))
         budget: list[str] = []
-        info: dict[str, Any] = {"task_id": task.id, "budget": budget, "recipe": None}
+        info: dict[str, Any] = {"task_id": task.id, "passage_ids": [task.id], "budget": budget,
+                                "recipe": None}
         try:
             recipe, report = parse_recipe(action, policy=self.config.hyperparameter_policy)
             info["recipe"] = recipe.to_dict()
@@ -516,16 +566,41 @@ class ArcEnv(gym.Env):
             tests = self._predict(task)
             timings["predict_s"] = time.perf_counter() - t2
         info["budget"].extend(stats.notes)
+        # After the block: the base model answers in context (no adapter is attached).
+        t3 = time.perf_counter()
+        base_tests = self._base_predictions(task, None if recipe.trains else tests)
+        timings["base_s"] = time.perf_counter() - t3
+        metrics, base_metrics = grid_metrics(tests), grid_metrics(base_tests)
         solved = all(t["correct"] for t in tests)
+        accuracy, base = metrics["solved"], base_metrics["solved"]
+        scores = {"accuracy": accuracy, "base_accuracy": base, "gain": accuracy - base,
+                  "normalized_gain": normalized_gain(accuracy, base), "metrics": metrics,
+                  "base_metrics": base_metrics}
         info.update(
             error=None,
             solved=solved,
+            **scores,
             tests=tests,
+            base_tests=[{"index": t["index"], "voted": t["voted"], "correct": t["correct"]}
+                        for t in base_tests],
             update={**stats.to_dict(), "losses": list(stats.losses)},
             tokens={"train": stats.train_tokens,
                     "predicted": sum(p["tokens"] for t in tests for p in t["predictions"])},
+            results=[{"passage_id": task.id, **scores}],
         )
         return 1.0 if solved else 0.0
+
+    def _base_predictions(self, task: ArcTask, untrained: list[dict[str, Any]] | None
+                          ) -> list[dict[str, Any]]:
+        """The base model's in-context prediction of ``task`` (cached per model and task).
+
+        ``untrained``: the step's own prediction when its recipe trained nothing: no adapter
+        was attached, so it *is* the base prediction (and fills the cache).
+        """
+        key = (str(getattr(self.backend, "fingerprint", "")), task.id)
+        if key not in self._base_tests:
+            self._base_tests[key] = untrained if untrained is not None else self._predict(task)
+        return self._base_tests[key]
 
     def _predict(self, task: ArcTask) -> list[dict[str, Any]]:
         """Every test output, under every inference augmentation, in one batched call."""
@@ -592,14 +667,17 @@ class ArcEnv(gym.Env):
         """Checksum of the base weights (tests compare it before and after steps)."""
         return weights_checksum(self.backend.model)
 
-    def rebase(self, tag: str | None = None) -> None:
-        """Accept new base weights after a deliberate policy update (ReST-EM's M-step).
+    def rebase(self, tag: str | None = None) -> str:
+        """Accept new base weights after a deliberate policy update (ReST-EM's M-step);
+        return the new fingerprint.
 
         The integrity check then compares against the new weights, and the backend's
-        fingerprint (cache key) follows them.
+        fingerprint (the key of the in-context predictions) follows them.
         """
         if hasattr(self.backend, "refresh"):
             self.backend.refresh(tag)
+        self._base_tests.clear()  # predictions of the old weights: never asked again
         if self.config.verify_base_every:
             self._base_checksum = weights_checksum(self.backend.model)
+        return str(getattr(self.backend, "fingerprint", ""))
 
