@@ -9,6 +9,11 @@
   from the env's observation, which holds the demonstrations and the recipe format (SEAL's
   self-edit prompt in this project's words); invalid replies are retried, then handed to the
   env as they are so its penalty counts them.
+* :class:`RecipeLibrary`: a discrete recipe space (augmentation families x loss x learning
+  rate x epochs) with the interface of :class:`~selfedit.envs.library.TemplateLibrary`, so the
+  bandits of :mod:`selfedit.agents.bandits` (UCB1, Thompson sampling, evolution) search
+  recipes unchanged (``arc_ucb1``, ``arc_thompson``, ``arc_evolution`` in run configs). Their
+  arms are global: a bandit learns which recipe works across the tasks, not per task.
 
 All follow the :class:`~selfedit.agents.base.Agent` protocol; their actions are
 :class:`~selfedit.envs.arc_recipe.ArcRecipe` objects or raw text.
@@ -16,13 +21,16 @@ All follow the :class:`~selfedit.agents.base.Agent` protocol; their actions are
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import itertools
+import math
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from selfedit.agents.base import BaseAgent
 from selfedit.agents.llm import MetaPromptAgent
 from selfedit.envs.arc_recipe import DEFAULT_HYPERPARAMETERS, ArcRecipe, RecipeError, parse_recipe
+from selfedit.envs.config import ConfigError
 from selfedit.envs.templates import Hyperparameters
 
 __all__ = [
@@ -31,6 +39,7 @@ __all__ = [
     "OracleResult",
     "OracleSearchAgent",
     "RECIPE_PREFIX",
+    "RecipeLibrary",
     "RecipeWriterAgent",
     "arc_baseline",
     "oracle_recipes",
@@ -226,6 +235,158 @@ class RecipeWriterAgent(MetaPromptAgent):
         return parse_recipe_reply(reply)
 
 
+# -- a recipe space for the bandits ---------------------------------------------------------
+@dataclass
+class RecipeLibrary:
+    """A discrete recipe space; each arm (one index per axis) is one recipe.
+
+    It answers what :class:`~selfedit.agents.bandits.LibraryAgent` asks of a
+    :class:`~selfedit.envs.library.TemplateLibrary` (``dims``, ``n_arms``, ``index``,
+    ``arm``, ``template`` -- here the arm's recipe --, ``arm_of``, ``to_dict``), so UCB1,
+    Thompson sampling and the evolution strategy search recipes as they search templates.
+
+    >>> lib = RecipeLibrary(augmentations=[[], ["basic"]], losses=["outputs"],
+    ...                     learning_rates=[1e-3], num_epochs=[1, 3])
+    >>> lib.dims, lib.n_arms, lib.template((1, 0, 0, 1)).label
+    ((2, 1, 1, 2), 4, 'basic|outputs|lr0.001|ep3')
+    >>> lib.arm_of(lib.template((1, 0, 0, 1)).to_dict())
+    (1, 0, 0, 1)
+    """
+
+    augmentations: list[list[str]] = field(
+        default_factory=lambda: [[], ["basic"], ["basic", "size"], list(ALL_FAMILIES)])
+    losses: list[str] = field(default_factory=lambda: ["outputs", "all"])
+    learning_rates: list[float] = field(default_factory=lambda: [1e-4, 1e-3])
+    num_epochs: list[int] = field(default_factory=lambda: [1, 3, 5])
+    lora_rank: int = DEFAULT_HYPERPARAMETERS.lora_rank
+    lora_alpha: float = DEFAULT_HYPERPARAMETERS.lora_alpha
+
+    axes = ("augmentations", "loss", "learning_rate", "num_epochs")
+
+    def __post_init__(self) -> None:
+        for key in ("augmentations", "losses", "learning_rates", "num_epochs"):
+            values = getattr(self, key)
+            if not isinstance(values, list) or not values:
+                raise ConfigError(f"{key} must be a non-empty list, got {values!r}")
+        try:  # every arm must be a valid recipe: build the corners of each axis
+            self._expanded = [ArcRecipe(tuple(a)).augmentations for a in self.augmentations]
+            for loss in self.losses:
+                ArcRecipe((), loss=loss)
+            for lr in self.learning_rates:
+                for ep in self.num_epochs:
+                    self._hyperparameters(lr, ep)
+        except (RecipeError, ValueError, TypeError) as err:
+            raise ConfigError(f"recipe library: {err}") from None
+        if len(set(self._expanded)) != len(self._expanded):
+            raise ConfigError("augmentations: two choices name the same augmentations")
+
+    def _hyperparameters(self, learning_rate: float, num_epochs: int) -> Hyperparameters:
+        return Hyperparameters(lora_rank=self.lora_rank, lora_alpha=float(self.lora_alpha),
+                               learning_rate=float(learning_rate), num_epochs=int(num_epochs))
+
+    @property
+    def dims(self) -> tuple[int, ...]:
+        return (len(self.augmentations), len(self.losses), len(self.learning_rates),
+                len(self.num_epochs))
+
+    @property
+    def n_arms(self) -> int:
+        return math.prod(self.dims)
+
+    def arms(self) -> Iterator[tuple[int, ...]]:
+        """Every arm, in the order of :meth:`index` (last axis fastest)."""
+        return itertools.product(*(range(d) for d in self.dims))
+
+    def check_arm(self, arm: Sequence[int]) -> tuple[int, ...]:
+        values = tuple(int(i) for i in arm)
+        if len(values) != len(self.dims) or any(
+                not 0 <= i < d for i, d in zip(values, self.dims, strict=True)):
+            raise ValueError(f"an arm is one index per axis {self.axes} below {self.dims},"
+                             f" got {tuple(arm)}")
+        return values
+
+    def index(self, arm: Sequence[int]) -> int:
+        """Flat index of an arm (mixed radix, last axis fastest)."""
+        flat = 0
+        for i, d in zip(self.check_arm(arm), self.dims, strict=True):
+            flat = flat * d + i
+        return flat
+
+    def arm(self, index: int) -> tuple[int, ...]:
+        """The arm at a flat index (inverse of :meth:`index`)."""
+        index = int(index)
+        if not 0 <= index < self.n_arms:
+            raise ValueError(f"arm index must be in [0, {self.n_arms}), got {index}")
+        out = []
+        for d in reversed(self.dims):
+            index, i = divmod(index, d)
+            out.append(i)
+        return tuple(reversed(out))
+
+    def template(self, arm: Sequence[int]) -> ArcRecipe:
+        """The recipe an arm stands for (the library protocol's name for an arm's action)."""
+        a, loss, lr, ep = self.check_arm(arm)
+        return ArcRecipe(tuple(self.augmentations[a]), 0, self.losses[loss],
+                         self._hyperparameters(self.learning_rates[lr], self.num_epochs[ep]))
+
+    def arm_of(self, action: Any) -> tuple[int, ...] | None:
+        """The arm an action (ArcRecipe, dict or JSON) stands for, or None if none does."""
+        try:
+            recipe, _ = parse_recipe(action)
+        except (RecipeError, TypeError):
+            return None
+        hp = recipe.hyperparameters
+        if (recipe.color_permutations or hp.lora_rank != self.lora_rank
+                or not math.isclose(hp.lora_alpha, self.lora_alpha, rel_tol=1e-9)):
+            return None
+        try:
+            found = (self._expanded.index(recipe.augmentations), self.losses.index(recipe.loss))
+        except ValueError:
+            return None
+        lr = [i for i, x in enumerate(self.learning_rates)
+              if math.isclose(x, hp.learning_rate, rel_tol=1e-9)]
+        ep = [i for i, x in enumerate(self.num_epochs) if x == hp.num_epochs]
+        if not lr or not ep:
+            return None
+        return (*found, lr[0], ep[0])
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON description (stored in agent states to catch a changed library)."""
+        return {"augmentations": [list(a) for a in self.augmentations],
+                "losses": list(self.losses), "learning_rates": list(self.learning_rates),
+                "num_epochs": list(self.num_epochs), "lora_rank": self.lora_rank,
+                "lora_alpha": self.lora_alpha}
+
+
+_RECIPE_LIBRARY_KEYS = ("augmentations", "losses", "learning_rates", "num_epochs", "lora_rank",
+                        "lora_alpha")
+
+
+def _bandit_from_spec(kind: str, params: Sequence[str]) -> Any:
+    """A config factory for a bandit of :mod:`selfedit.agents.bandits` over recipes."""
+    def factory(spec: dict[str, Any], env: Any = None) -> Any:
+        from selfedit.agents import bandits
+
+        cls = {"ucb1": bandits.UCB1Agent, "thompson": bandits.ThompsonAgent,
+               "evolution": bandits.EvolutionAgent}[kind]
+        name = spec.get("name", f"arc_{kind}")
+        try:
+            library = RecipeLibrary(**{k: spec[k] for k in _RECIPE_LIBRARY_KEYS if k in spec})
+            seed = spec.get("seed", 0)
+            if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+                raise ConfigError(f"seed must be a whole number, got {seed!r}")
+            return cls(library, seed=seed, name=name,  # type: ignore[arg-type]
+                       **{k: spec[k] for k in params if k in spec})
+        except ConfigError as err:
+            raise ConfigError(f"agent {name}: {err}") from None
+
+    return factory
+
+
+_BANDIT_PARAMS = {"ucb1": ("c",), "thompson": ("prior_mean", "prior_std", "noise_std"),
+                  "evolution": ("population", "mutation_rate")}
+
+
 # -- config entries -------------------------------------------------------------------------
 def _fixed_from_spec(spec: dict[str, Any], env: Any = None) -> FixedRecipeAgent:
     if "recipe" in spec:
@@ -255,7 +416,11 @@ def _writer_from_spec(spec: dict[str, Any], env: Any) -> RecipeWriterAgent:
 
 def register_arc_agents() -> None:
     """Make the ARC agents available to run configs: ``{type: arc_fixed, baseline: ...}``,
-    ``{type: arc_oracle, recipes: [...]}``, ``{type: arc_writer, ...}``."""
+    ``{type: arc_oracle, recipes: [...]}``, ``{type: arc_writer, ...}``, and the bandits over
+    a :class:`RecipeLibrary`: ``{type: arc_ucb1 | arc_thompson | arc_evolution,
+    augmentations: [[], [basic]], losses: [outputs], learning_rates: [...], num_epochs: [...],
+    seed: 0, ...}`` (plus each bandit's own keys: c; prior_mean, prior_std, noise_std;
+    population, mutation_rate)."""
     from selfedit.agents.registry import register_agent
 
     register_agent("arc_fixed", _fixed_from_spec, {"baseline", "recipe", "hyperparameters"})
@@ -263,3 +428,6 @@ def register_arc_agents() -> None:
     register_agent("arc_writer", _writer_from_spec,
                    {"model", "exploit_temperature", "max_retries", "max_new_tokens",
                     "prefix_json", "seed"})
+    for kind, params in _BANDIT_PARAMS.items():  # the bandits, over recipes
+        register_agent(f"arc_{kind}", _bandit_from_spec(kind, params),
+                       {*_RECIPE_LIBRARY_KEYS, "seed", *params})
