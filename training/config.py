@@ -2,19 +2,21 @@
 
 ``configs/*.yaml`` and the command line share one source of truth: the fields below, those
 every run shares (:class:`~selfedit.training.experiment.ExperimentConfig`: name, seed,
-output_dir, tensorboard, report_to, progress, env) and the env's
-(:class:`~selfedit.envs.config.EnvConfig`). Unknown keys and wrong types fail before any model
-is loaded, with the key named and the fix suggested.
+output_dir, tensorboard, report_to, progress, env_id, env) and the env's (the config class of
+``env_id``: :class:`~selfedit.envs.config.EnvConfig` for SQuAD, :class:`~selfedit.envs.arc
+.ArcConfig` for ARC). Unknown keys and wrong types fail before any model is loaded, with the
+key named and the fix suggested.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from selfedit.agents.registry import check_agents
 from selfedit.envs.config import ConfigError, check_types, config_from_dict
+from selfedit.training.env_kinds import ARC_ENV_ID, SQUAD_ENV_ID
 from selfedit.training.experiment import ExperimentConfig, load_experiment, param
 
 __all__ = ["EXECUTOR_TYPES", "ExecutorConfig", "RunConfig", "load_config"]
@@ -64,13 +66,17 @@ class ExecutorConfig:
 
 @dataclass
 class RunConfig(ExperimentConfig):
-    """One run: a set of agents stepped through the same env on the same passages."""
+    """One run: a set of agents stepped through the same env on the same passages (or ARC
+    tasks: ``env_id: selfedit/ARC-v0``)."""
+
+    env_ids: ClassVar[tuple[str, ...]] = (SQUAD_ENV_ID, ARC_ENV_ID)
 
     seed: int = param(0, "base seed (0 to 2**31-1); episode e of seed s resets the env with "
                       "seed + 1000 * s + e")
     seeds: int = param(1, "how many seeds each (agent, passage group) is evaluated with")
     episodes: int | None = param(None, "episodes per agent and seed; null = one sweep over the "
-                                 "passage selection in groups of env.passages_per_step")
+                                 "passage selection in groups of env.passages_per_step "
+                                 "(ARC: over env.tasks, one task per step)")
     agents: list[Any] = param(
         factory=lambda: ["implications", "rewrite", "self_qa", "passage", "no_training"],
         help="agents to run: baseline names (implications, rewrite, self_qa, passage, "

@@ -6,6 +6,10 @@ An :class:`Evaluator` steps the env with one template on one passage (with
 model's fingerprint, the env settings, the template, the passage text and the reset seed. The
 same key is the same deterministic env step, so a resumed run never repeats one, and every
 template meets the same completion and LoRA seeds on a passage (paired comparisons).
+
+On ``selfedit/ARC-v0`` the same holds with a recipe for the template and a task for the
+passage: the env's :class:`~selfedit.training.env_kinds.EnvKind` names the item, picks it at
+reset and lists the baselines; the step's info is read through the step-info contract.
 """
 
 from __future__ import annotations
@@ -18,10 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from selfedit.agents.fixed import HUMAN_BASELINES
-from selfedit.envs.selfedit_env import SelfEditEnv
+from selfedit.training.env_kinds import EnvKind, kind_of_env
 from selfedit.training.jsonio import JsonlLog, stable_hash
-from selfedit.training.policy import Sample, TemplatePolicy, canonical_json
+from selfedit.training.policy import Sample, TemplatePolicy
 
 __all__ = ["EvalCache", "Evaluation", "Evaluator", "baseline_eval", "heldout_eval",
            "heldout_table", "shorten"]
@@ -74,7 +77,10 @@ class EvalCache:
 
 @dataclass
 class Evaluation:
-    """One template on one passage (M completions): an env step, or an invalid template."""
+    """One template on one passage (M completions): an env step, or an invalid template.
+
+    On ARC: one recipe on one task (``passage_index``/``passage_id`` hold the task's).
+    """
 
     key: str
     passage_index: int
@@ -108,15 +114,17 @@ class Evaluator:
     text, the reset seed): the same key is the same deterministic env step, so it is run
     once per run directory, killed runs included. The reset seed depends on the run seed and
     the passage only, so every template of every iteration meets the same completion and
-    LoRA seeds on a passage: comparisons are paired.
+    LoRA seeds on a passage: comparisons are paired. ``kind`` is the env's
+    :class:`~selfedit.training.env_kinds.EnvKind` (default: the one of ``env``'s class).
     """
 
-    def __init__(self, env: SelfEditEnv, cache: EvalCache, *, seed: int,
-                 progress: bool = True) -> None:
+    def __init__(self, env: Any, cache: EvalCache, *, seed: int,
+                 progress: bool = True, kind: EnvKind | None = None) -> None:
         self.env = env
         self.cache = cache
         self.seed = seed
         self.progress = progress
+        self.kind = kind or kind_of_env(env)
         self.steps = 0  # env steps run by this process
         settings = asdict(env.config)
         for volatile in ("baseline_cache", "verify_base_every", "device"):
@@ -127,9 +135,9 @@ class Evaluator:
         return self.seed * 100_003 + passage_index
 
     def key(self, sample: Sample, passage_index: int) -> str:
-        passage = self.env.corpus[passage_index]
+        item = self.kind.item_fingerprint(self.env, passage_index)
         return stable_hash([self.env.backend.fingerprint, self._settings, sample.text,
-                            passage.fingerprint, self.reset_seed(passage_index)], n=24)
+                            item, self.reset_seed(passage_index)], n=24)
 
     def evaluate(self, sample: Sample, passage_index: int) -> Evaluation:
         return self.evaluate_many([(sample, passage_index)])[0]
@@ -144,17 +152,17 @@ class Evaluator:
         """
         from selfedit.training.executor import Job, step_jobs
 
-        env = self.env
+        env, kind = self.env, self.kind
         out: list[Evaluation | None] = [None] * len(pairs)
         todo: list[tuple[int, str]] = []
         for i, (sample, p) in enumerate(pairs):
-            passage = env.corpus[p]
             key = self.key(sample, p)
             if sample.template is None:
-                out[i] = Evaluation(key, p, passage.id, self.reset_seed(p),
+                out[i] = Evaluation(key, p, kind.item_id(env, p), self.reset_seed(p),
                                     env.backend.fingerprint, sample.text, False,
                                     float(env.config.invalid_reward),
-                                    error="the reply is not a valid template")
+                                    error=f"the reply is not a valid "
+                                    f"{kind.action_key}")
                 continue
             cached = self.cache.get(key)
             if cached is not None:
@@ -164,8 +172,8 @@ class Evaluator:
         for start in range(0, len(todo), batch):
             block = todo[start : start + batch]
             t0 = time.perf_counter()
-            jobs = [Job(pairs[i][0].template, self.reset_seed(pairs[i][1]), (pairs[i][1],))
-                    for i, _ in block]
+            jobs = [Job(pairs[i][0].template, self.reset_seed(pairs[i][1]),
+                        kind.reset_options((pairs[i][1],))) for i, _ in block]
             outcomes = step_jobs(env, jobs)
             seconds = (time.perf_counter() - t0) / len(block)  # amortised over the batch
             self.steps += len(block)
@@ -180,8 +188,8 @@ class Evaluator:
                 seconds: float) -> Evaluation:
         sample, p = pair
         env = self.env
-        passage = env.corpus[p]
-        result = Evaluation(key, p, passage.id, self.reset_seed(p), env.backend.fingerprint,
+        item_id = self.kind.item_id(env, p)
+        result = Evaluation(key, p, item_id, self.reset_seed(p), env.backend.fingerprint,
                             sample.text, True, float(reward), error=info.get("error"),
                             seconds=seconds)
         if result.error is None:
@@ -189,16 +197,16 @@ class Evaluator:
             result.base_accuracy = float(info["base_accuracy"])
             result.gain = float(info["gain"])
             result.metrics = dict(info["metrics"])
-            result.completions = [
+            result.completions = [  # (ARC's results have no completion: a recipe is data-free)
                 {"completion": r["completion"], "accuracy": r["accuracy"],
                  "base_accuracy": r["base_accuracy"], "gain": r["gain"]}
-                for r in info["results"]
+                for r in info["results"] if "completion" in r
             ]
         self.cache.put(result.to_dict())
         if self.progress:
             what = f"error: {result.error}" if result.error else (
                 f"reward {result.reward:.3f}  base {result.base_accuracy:.3f}")
-            print(f"  [{passage.id}] {what}  ({result.seconds:.1f}s)  {shorten(sample.text)}",
+            print(f"  [{item_id}] {what}  ({result.seconds:.1f}s)  {shorten(sample.text)}",
                   flush=True)
         return result
 
@@ -214,29 +222,43 @@ def heldout_eval(policy: TemplatePolicy, evaluator: Evaluator, passages: list[in
     """The policy's greedy template and ``samples`` sampled ones on the held-out passages.
 
     The sampling seed is the same after every iteration, so the held-out numbers of two
-    iterations differ by the policy only.
+    iterations differ by the policy only. On ARC each held-out task has its own prompt: the
+    policy writes a greedy and ``samples`` sampled recipes per task (one batched call each),
+    every row of ``templates`` is one task's, and ``greedy`` / ``sampled_*`` average the
+    tasks per sample index (``sampled_best``: the best sample index).
     """
-    written = policy.sample(1, seed=seed, greedy=True)
-    if samples:
-        written += policy.sample(samples, seed=seed + 1)
+    groups = evaluator.kind.prompt_groups(evaluator.env, passages, policy.prompt)
+    prompts = [prompt for prompt, _ in groups]
+    greedy = policy.sample_prompts(prompts, seed=seed, greedy=True)  # (G,)
+    sampled = policy.sample_prompts([p for p in prompts for _ in range(samples)],
+                                    seed=seed + 1) if samples else []  # (G * samples,)
+    written = [[greedy[g], *sampled[g * samples:(g + 1) * samples]] for g in range(len(groups))]
     rows = []
-    for i, sample in enumerate(written):
-        evs = evaluator.evaluate_many([(sample, p) for p in passages])
-        rows.append({"kind": "greedy" if i == 0 else "sampled", "template": sample.text,
-                     "valid": sample.valid, "reward": float(np.mean([e.reward for e in evs])),
-                     "per_passage": {e.passage_id: e.reward for e in evs}})
-    sampled = [r["reward"] for r in rows[1:]]
+    by_index: list[list[float]] = [[] for _ in range(1 + samples)]  # per sample index
+    for g, (_, items) in enumerate(groups):
+        for i, sample in enumerate(written[g]):
+            evs = evaluator.evaluate_many([(sample, p) for p in items])
+            reward = float(np.mean([e.reward for e in evs]))
+            by_index[i].append(reward)
+            rows.append({"kind": "greedy" if i == 0 else "sampled", "template": sample.text,
+                         "valid": sample.valid, "reward": reward,
+                         "per_passage": {e.passage_id: e.reward for e in evs}})
+    means = [float(np.mean(r)) for r in by_index]
+    sampled_means = means[1:]
     return {
-        "greedy": rows[0]["reward"],
-        "sampled_mean": float(np.mean(sampled)) if sampled else None,
-        "sampled_best": float(np.max(sampled)) if sampled else None,
+        "greedy": means[0],
+        "sampled_mean": float(np.mean(sampled_means)) if sampled_means else None,
+        "sampled_best": float(np.max(sampled_means)) if sampled_means else None,
         "templates": rows,
     }
 
 
 def baseline_eval(evaluator: Evaluator, passages: list[int], names: list[str]) -> dict[str, float]:
-    """Mean reward of each human baseline on the held-out passages (same seeds as the policy)."""
-    samples = {name: Sample(canonical_json(HUMAN_BASELINES[name]), HUMAN_BASELINES[name])
+    """Mean reward of each baseline on the held-out passages (same seeds as the policy):
+    the human templates on SQuAD, the baseline recipes on ARC (the env kind's)."""
+    kind = evaluator.kind
+    canonical = kind.action_format().canonical
+    samples = {name: Sample(canonical(kind.baseline_action(name)), kind.baseline_action(name))
                for name in names}
     evs = evaluator.evaluate_many([(s, p) for s in samples.values() for p in passages])
     n = len(passages)

@@ -25,13 +25,13 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
 from selfedit.agents.base import Action
-from selfedit.envs.config import ConfigError, EnvConfig
+from selfedit.envs.config import ConfigError
 from selfedit.training.config import ExecutorConfig
+from selfedit.training.env_kinds import env_kind, kind_of_config
 
 __all__ = ["Executor", "Job", "RayExecutor", "SerialExecutor", "StepOutcome", "check_executor",
            "make_executor", "step_job"]
@@ -41,15 +41,20 @@ RAY_HINT = 'executor.type=ray needs Ray: pip install "selfedit-gym[ray]"'
 
 @dataclass(frozen=True)
 class Job:
-    """One planned env step with its action: what an executor evaluates."""
+    """One planned env step with its action: what an executor evaluates.
+
+    ``options`` are the reset options that pick the step's items, as the env's kind writes
+    them (:meth:`~selfedit.training.env_kinds.EnvKind.reset_options`: SQuAD
+    ``{"passage_ids": [...]}``, ARC ``{"task_index": i}``); None lets the env draw them from
+    its reset seed.
+    """
 
     action: Action
     reset_seed: int
-    passage_ids: tuple[int, ...] | None  # None: the env draws them from its reset seed
+    options: dict[str, Any] | None = None
 
     def reset_kwargs(self) -> dict[str, Any]:
-        options = {"passage_ids": list(self.passage_ids)} if self.passage_ids else None
-        return {"seed": self.reset_seed, "options": options}
+        return {"seed": self.reset_seed, "options": self.options}
 
 
 class StepOutcome(NamedTuple):
@@ -121,14 +126,15 @@ class SerialExecutor:
 
 # --- Ray -----------------------------------------------------------------------------------
 class EnvWorker:
-    """The body of a Ray actor: one env (so one model) built from a plain config mapping.
+    """The body of a Ray actor: one env (so one model) built from a plain config mapping and
+    the id of the env it configures.
 
     A failure to build the env is kept and reported by :meth:`ready` as (type, message), so
     the driver shows the env's own message (a missing model file, a bad corpus) instead of
     a Ray traceback.
     """
 
-    def __init__(self, env_config: dict[str, Any], threads: int) -> None:
+    def __init__(self, env_config: dict[str, Any], threads: int, env_id: str) -> None:
         import torch
 
         # Results must not depend on the process: the same thread count as asked for (and
@@ -137,9 +143,8 @@ class EnvWorker:
         self.env: Any = None
         self.error: tuple[str, str] | None = None
         try:
-            from selfedit.envs.selfedit_env import SelfEditEnv
-
-            self.env = SelfEditEnv(EnvConfig.from_dict(env_config))
+            kind = env_kind(env_id)
+            self.env = kind.build(kind.config_class().from_dict(env_config))
         except Exception as err:  # noqa: BLE001 - reported to the driver by ready()
             self.error = (type(err).__name__, str(err))
 
@@ -161,19 +166,14 @@ def _import_ray() -> Any:
     return ray
 
 
-def portable_env_config(env_config: EnvConfig) -> dict[str, Any]:
-    """The env config as a plain mapping with local paths made absolute.
+def portable_env_config(env_config: Any) -> dict[str, Any]:
+    """The env config (any registered env's) as a plain mapping with local paths made
+    absolute.
 
     A worker may start in another directory (or on another node of a cluster, where the
     absolute path must exist too).
     """
-    raw = asdict(env_config)
-    for key in ("model", "corpus"):
-        if Path(raw[key]).expanduser().exists():
-            raw[key] = str(Path(raw[key]).expanduser().resolve())
-    if raw["baseline_cache"] not in (None, "auto"):
-        raw["baseline_cache"] = str(Path(raw["baseline_cache"]).expanduser().resolve())
-    return raw
+    return kind_of_config(env_config).portable_config(env_config)
 
 
 def _worker_error(kind: str, message: str) -> Exception:
@@ -192,7 +192,8 @@ class RayExecutor:
     batched pass on its actor); outcomes come back in job order.
 
     Args:
-        env_config: the env every actor builds (the runner's ``cfg.env``).
+        env_config: the env every actor builds (the runner's ``cfg.env``: any registered
+            env's config; its class says which env).
         workers: number of actors, each holding its own model.
         address: a Ray cluster to join; None starts a local Ray runtime (shut down by
             :meth:`close`). A Ray runtime already started in this process is used as it is.
@@ -202,7 +203,7 @@ class RayExecutor:
 
     def __init__(
         self,
-        env_config: EnvConfig,
+        env_config: Any,
         *,
         workers: int = 1,
         address: str | None = None,
@@ -219,14 +220,16 @@ class RayExecutor:
                 self._check_resources(workers, threads_per_worker, gpus_per_worker)
             actor = ray.remote(num_cpus=threads_per_worker, num_gpus=gpus_per_worker)(EnvWorker)
             raw = portable_env_config(env_config)
-            self._actors = [actor.remote(raw, threads_per_worker) for _ in range(workers)]
+            env_id = kind_of_config(env_config).env_id
+            self._actors = [actor.remote(raw, threads_per_worker, env_id)
+                            for _ in range(workers)]
             self._wait_ready()
         except BaseException:
             self.close()
             raise
 
     @classmethod
-    def from_config(cls, cfg: ExecutorConfig, env_config: EnvConfig) -> RayExecutor:
+    def from_config(cls, cfg: ExecutorConfig, env_config: Any) -> RayExecutor:
         if cfg.batch < cfg.workers:
             print(f"executor: batch={cfg.batch} < workers={cfg.workers}: at most {cfg.batch} "
                   "actor(s) busy at a time; raise executor.batch to use them all", flush=True)
@@ -321,7 +324,7 @@ EXECUTORS = {
 }
 
 
-def make_executor(cfg: ExecutorConfig, env_config: EnvConfig) -> SerialExecutor | RayExecutor:
+def make_executor(cfg: ExecutorConfig, env_config: Any) -> SerialExecutor | RayExecutor:
     """The executor ``cfg.type`` names (``env_config``: what Ray actors build)."""
     return EXECUTORS[cfg.type](cfg, env_config)
 

@@ -31,6 +31,7 @@ import yaml
 
 from selfedit.agents.registry import check_name
 from selfedit.envs.config import ConfigError, EnvConfig, check_keys, check_types, param
+from selfedit.training.env_kinds import SQUAD_ENV_ID, EnvKind, check_supported, env_kind
 
 __all__ = [
     "MAX_CONFIG_BYTES",
@@ -57,10 +58,12 @@ TRACKERS = ("wandb",)  # optional trackers besides TensorBoard; imported only wh
 class ExperimentConfig:
     """The fields every run shares; subclasses add their own (and may change a default).
 
-    ``where`` prefixes the keys in error messages (``run.seeds must be int``).
+    ``where`` prefixes the keys in error messages (``run.seeds must be int``). ``env_ids``
+    lists the envs a command runs on (``env_id``); a subclass that runs on more names them.
     """
 
     where: ClassVar[str] = "run"
+    env_ids: ClassVar[tuple[str, ...]] = (SQUAD_ENV_ID,)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         # Runs before @dataclass reads the fields: an override without help inherits it.
@@ -84,11 +87,17 @@ class ExperimentConfig:
                                  "`pip install wandb`; WANDB_MODE=offline logs without "
                                  "network); [] = none")
     progress: bool = param(True, "show progress: a bar or one line per evaluation")
-    env: EnvConfig = param(factory=EnvConfig, help="env settings")
+    env_id: str = param(SQUAD_ENV_ID, "the env the run steps: 'selfedit/SQuAD-v0' (templates "
+                        "scored on SQuAD passages) or 'selfedit/ARC-v0' (training recipes "
+                        "scored on ARC tasks); the env section takes that env's keys")
+    # The config class of env_id's kind (EnvConfig for SQuAD, ArcConfig for ARC), built
+    # from its mapping in __post_init__; None = that class's defaults.
+    env: Any = param(None, "env settings")
 
     def __post_init__(self) -> None:
         if isinstance(self.report_to, str):  # TRL's spelling: report_to: wandb
             self.report_to = [] if self.report_to in ("none", "") else [self.report_to]
+        check_supported(env_kind(self.env_id).env_id, self.env_ids, command=self.where)
         self._build_sections()
         check_types(self, where=self.where)
         check_name(self.name, key="name")
@@ -105,17 +114,33 @@ class ExperimentConfig:
             raise ConfigError("report_to: [wandb] mirrors the TensorBoard events: set "
                               "tensorboard: true, or report_to: []")
 
+    @property
+    def env_kind(self) -> EnvKind:
+        """What the runners ask of the env ``env_id`` names (:mod:`~selfedit.training
+        .env_kinds`)."""
+        return env_kind(self.env_id)
+
     # -- nested sections (env, executor, sft, ...) --------------------------------------
     @classmethod
     def _sections(cls) -> dict[str, type]:
-        """Fields whose type is a config dataclass, built from a mapping when given one."""
+        """Fields whose type is a config dataclass, built from a mapping when given one
+        (``env``: the config class of ``env_id``, chosen per instance)."""
         hints = typing.get_type_hints(cls)
-        return {f.name: hints[f.name] for f in fields(cls)
-                if isinstance(hints[f.name], type) and dataclasses.is_dataclass(hints[f.name])}
+        out = {f.name: hints[f.name] for f in fields(cls)
+               if isinstance(hints[f.name], type) and dataclasses.is_dataclass(hints[f.name])}
+        out["env"] = EnvConfig
+        return out
 
     def _build_sections(self) -> None:
         for name, kind in self._sections().items():
             value = getattr(self, name)
+            if name == "env":
+                kind = self.env_kind.config_class()
+                if value is not None and not isinstance(value, (dict, kind)):
+                    raise ConfigError(f"env holds a {type(value).__name__}, but env_id="
+                                      f"{self.env_id!r} takes the keys of {kind.__name__}: "
+                                      "give the env's keys as a mapping, or set env_id to "
+                                      "match")
             if value is None:
                 value = {}
             if isinstance(value, dict):

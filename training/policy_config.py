@@ -6,25 +6,30 @@
 fields every run shares (:class:`~selfedit.training.experiment.ExperimentConfig`). The
 algorithms are found by name (``ALGORITHMS``), so this module imports neither and neither
 imports the other.
+
+ReST-EM also trains the recipe writer of ``selfedit/ARC-v0`` (``env_id``): there the
+"passages" are indices into the env's task selection, the baselines are the ARC baseline
+recipes, and the policy writes from each task's observation (:mod:`~selfedit.training
+.env_kinds`).
 """
 
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from selfedit.agents.fixed import HUMAN_BASELINES
 from selfedit.envs.backend import check_engine, check_model_source, refuse_weight_updates
 from selfedit.envs.config import ConfigError, EnvConfig
 from selfedit.envs.corpus import Corpus
 from selfedit.envs.selfedit_env import SelfEditEnv, load_env_corpus
+from selfedit.training.env_kinds import SquadKind
 from selfedit.training.experiment import ExperimentConfig, load_experiment, param
 
-__all__ = ["ALGORITHMS", "PolicyRunConfig", "check_disjoint", "check_mode", "checked_corpus",
-           "env_for_policy_training", "load_train_config", "passages", "resolve_passages",
-           "train"]
+__all__ = ["ALGORITHMS", "PolicyItems", "PolicyRunConfig", "check_disjoint", "check_mode",
+           "checked_corpus", "env_for_policy_training", "load_train_config", "passages",
+           "policy_items", "resolve_passages", "train"]
 
 # algorithm -> "module:ConfigClass:train function"
 ALGORITHMS = {
@@ -58,14 +63,17 @@ class PolicyRunConfig(ExperimentConfig):
     completions_per_passage: int = param(1, "M: completions of each template per training "
                                          "passage (sets env.completions_per_passage)")
     train_passages: str | list[int] = param("0:4", "training passages: a slice like '0:50' or "
-                                            "indices into the env's corpus selection")
+                                            "indices into the env's corpus selection (ARC: "
+                                            "into its task selection, env.tasks)")
     heldout_passages: str | list[int] | None = param(
         "4:8", "held-out passages, disjoint from train_passages, evaluated before training "
         "and after every iteration")
     heldout_samples: int = param(2, "sampled templates evaluated on the held-out passages, "
                                  "besides the greedy one")
-    baselines: list[str] = param(factory=lambda: ["implications", "passage", "no_training"],
-                                 help="human baselines evaluated on the held-out passages")
+    baselines: list[str] | None = param(
+        None, "baselines evaluated on the held-out passages: human templates (null = "
+        "implications, passage, no_training); ARC: baseline recipes (null = in_context, "
+        "no_augmentation, all_augmentations)")
     temperature: float = param(1.0, "sampling temperature of the template writer")
     max_new_tokens: int = param(256, "max new tokens per template")
     prefix_json: bool = param(True, "start the reply with {\"data_creation_instruction\": \"")
@@ -83,12 +91,15 @@ class PolicyRunConfig(ExperimentConfig):
             raise ConfigError(f"heldout_samples must be >= 0, got {self.heldout_samples}")
         if not 0 < self.temperature <= 5:
             raise ConfigError(f"temperature must be in (0, 5], got {self.temperature}")
-        unknown = [b for b in self.baselines if b not in HUMAN_BASELINES]
+        kind = self.env_kind
+        if self.baselines is None:
+            self.baselines = list(kind.default_baselines)
+        unknown = [b for b in self.baselines if b not in kind.baseline_names()]
         if unknown:
-            raise ConfigError(f"unknown baselines {unknown}; choose from "
-                              f"{', '.join(HUMAN_BASELINES)}")
-        self.env = env_for_policy_training(self.env, self.completions_per_passage,
-                                           key="completions_per_passage")
+            raise ConfigError(f"unknown baselines {unknown} for {kind.env_id}; choose from "
+                              f"{', '.join(kind.baseline_names())}")
+        self.env = kind.policy_env_config(self.env, self.completions_per_passage,
+                                          key="completions_per_passage")
 
     @classmethod
     def config_class(cls, raw: dict[str, Any]) -> type[PolicyRunConfig]:
@@ -123,16 +134,9 @@ def check_mode(mode: str, policy_model: str | None, engine: str = "hf") -> None:
 
 
 def env_for_policy_training(env: EnvConfig, completions: int, *, key: str) -> EnvConfig:
-    """The env settings policy training needs: one passage per step, M completions."""
-    if env.action_mode != "template":
-        raise ConfigError("policy training writes templates: env.action_mode must be 'template'")
-    if env.passages_per_step != 1:
-        raise ConfigError("policy training scores each template on each passage separately: "
-                          f"leave env.passages_per_step at 1 (got {env.passages_per_step})")
-    if env.completions_per_passage not in (1, completions):
-        raise ConfigError(f"set {key} (top level) rather than env.completions_per_passage "
-                          f"({env.completions_per_passage} != {completions})")
-    return replace(env, completions_per_passage=completions)
+    """The SQuAD env settings policy training needs: one passage per step, M completions
+    (:meth:`SquadKind.policy_env_config`; each env kind has its own)."""
+    return SquadKind().policy_env_config(env, completions, key=key)
 
 
 def resolve_passages(corpus: Corpus, spec: str | list[int], *, key: str) -> list[int]:
@@ -177,3 +181,23 @@ def passages(cfg: PolicyRunConfig, corpus: Corpus) -> tuple[list[int], list[int]
         heldout = resolve_passages(corpus, cfg.heldout_passages, key="heldout_passages")
         check_disjoint(corpus, train_ids, heldout)
     return train_ids, heldout
+
+
+@dataclass(frozen=True)
+class PolicyItems:
+    """The items a policy run trains and is held out on (indices into the env's selection),
+    and what was loaded to check them (keyword arguments of the kind's ``build``)."""
+
+    train: list[int]
+    heldout: list[int]
+    prepared: dict[str, Any]
+
+
+def policy_items(cfg: PolicyRunConfig, env: Any = None) -> PolicyItems:
+    """``train_passages`` and ``heldout_passages`` of the run's env, checked disjoint; without
+    ``env``, before any weights load (SQuAD: passages of the corpus selection; ARC: indices
+    into the task selection). Call it again with the built env: ARC drops tasks that do not
+    fit the model's context, which can move the selection's end."""
+    train, heldout, prepared = cfg.env_kind.split_items(cfg.env, env, cfg.train_passages,
+                                                        cfg.heldout_passages)
+    return PolicyItems(train, heldout, prepared)

@@ -22,6 +22,12 @@
 **Self mode** (``mode: self``, the papers' setting): the policy is the env's own model, so an
 update changes the template writer, the completer and the adapted model at once; the env's
 baseline cache key follows the new weights (``env.rebase()``).
+**ARC** (``env_id: selfedit/ARC-v0``, SEAL sec. 4.1): the policy writes K *recipes* per
+training task from that task's observation (its demonstrations), each is one env step on its
+task (reward 1 if solved), the winners are the recipes that solved their task (with
+``positive_gain_only``: that the model did not solve in context; ``min_reward: 1`` keeps
+solves only), and the M-step trains (task prompt -> recipe). Held-out tasks get a greedy and
+``heldout_samples`` sampled recipes each, next to the ARC baseline recipes.
 **Separate mode** (``mode: separate`` + ``policy_model``): the policy is another model; the
 env's model is never trained, so only (meta-prompt -> template) examples are used.
 
@@ -47,7 +53,7 @@ import numpy as np
 from selfedit.envs.backend import check_model_source
 from selfedit.envs.config import ConfigError
 from selfedit.envs.corpus import Corpus
-from selfedit.envs.selfedit_env import SelfEditEnv, cfg_prompt
+from selfedit.envs.selfedit_env import cfg_prompt
 from selfedit.training.checkpoint import (
     apply_adapter,
     latest_checkpoint,
@@ -55,6 +61,7 @@ from selfedit.training.checkpoint import (
     set_rng_state,
     write_checkpoint,
 )
+from selfedit.training.env_kinds import ARC_ENV_ID, SQUAD_ENV_ID
 from selfedit.training.evaluation import (
     EvalCache,
     Evaluation,
@@ -68,9 +75,8 @@ from selfedit.training.experiment import param
 from selfedit.training.policy import Sample, TemplatePolicy, after_update, load_policy
 from selfedit.training.policy_config import (
     PolicyRunConfig,
-    checked_corpus,
     load_train_config,
-    passages,
+    policy_items,
 )
 from selfedit.training.rundir import RunDir
 from selfedit.training.sft import SFTExample, SFTSettings, sft_update
@@ -85,6 +91,7 @@ class RestemConfig(PolicyRunConfig):
     """A ReST-EM run on the template policy (``algorithm: restem``)."""
 
     where: ClassVar[str] = "restem"
+    env_ids: ClassVar[tuple[str, ...]] = (SQUAD_ENV_ID, ARC_ENV_ID)
 
     algorithm: str = param("restem")
     name: str = param("restem")
@@ -96,6 +103,9 @@ class RestemConfig(PolicyRunConfig):
     completions_kept: int = param(1, "completions kept per kept (template, passage)")
     positive_gain_only: bool = param(True, "keep only templates (and completions) whose "
                                      "accuracy beats the passage's no-adapter baseline")
+    min_reward: float | None = param(None, "keep only templates whose reward is at least "
+                                     "this (ARC: 1.0 keeps the recipes that solved their "
+                                     "task); null = no floor")
     train_on: list[str] | None = param(None, "example kinds for SFT: 'templates' (meta-prompt "
                                        "-> template JSON) and 'completions' (completion prompt "
                                        "-> completion, self mode only); null = both in self "
@@ -128,42 +138,57 @@ class RestemConfig(PolicyRunConfig):
             if self.mode == "separate" and "completions" in self.train_on:
                 raise ConfigError("train_on 'completions' needs mode: self (in separate mode "
                                   "the env's model completes templates, and it is not trained)")
+            allowed = self.env_kind.example_kinds
+            if any(k not in allowed for k in self.train_on):
+                raise ConfigError(f"train_on {self.train_on}: {self.env_id} trains on "
+                                  f"{list(allowed)} only (a recipe has no completion step)")
 
     @property
     def example_kinds(self) -> list[str]:
         if self.train_on is not None:
             return list(self.train_on)
-        return list(TRAIN_ON) if self.mode == "self" else ["templates"]
+        kinds = list(TRAIN_ON) if self.mode == "self" else ["templates"]
+        return [k for k in kinds if k in self.env_kind.example_kinds]
 
 
 # --- the filter: per passage the best templates and their best completions -----------------
-def select_winners(samples: list[Sample], scores: list[list[Evaluation]], corpus: Corpus,
-                   *, keep: int, completions_kept: int, positive_gain_only: bool,
-                   kinds: list[str], meta_prompt: str) -> tuple[list[SFTExample], list[dict]]:
-    """ReST-EM's filter. ``scores[k][p]``: template k on training passage p.
+def select_winners(samples: list[Sample], scores: list[list[Evaluation | None]],
+                   corpus: Corpus | None, *, keep: int, completions_kept: int,
+                   positive_gain_only: bool, kinds: list[str], meta_prompt: str,
+                   prompts: list[str] | None = None,
+                   min_reward: float | None = None) -> tuple[list[SFTExample], list[dict]]:
+    """ReST-EM's filter. ``scores[k][p]``: template k on training passage p (None where
+    template k was not evaluated on p: on ARC each recipe is scored on its own task only).
 
-    Returns the SFT examples and a record of what was kept (passage, template, reward).
-    Ties keep the earlier template; invalid templates and failed steps are never kept.
+    ``prompts[k]`` is the prompt template k was written from (default ``meta_prompt`` for
+    all), the SFT prompt of its example. Returns the SFT examples and a record of what was
+    kept (passage, template, reward). Ties keep the earlier template; invalid templates,
+    failed steps and rewards under ``min_reward`` are never kept.
     """
     examples: list[SFTExample] = []
     kept: list[dict] = []
     for p in range(len(scores[0]) if scores else 0):
         ranked = sorted(
-            (k for k in range(len(samples)) if samples[k].valid and scores[k][p].error is None),
+            (k for k in range(len(samples)) if samples[k].valid and scores[k][p] is not None
+             and scores[k][p].error is None),
             key=lambda k: -scores[k][p].reward,
         )
         if positive_gain_only:
             ranked = [k for k in ranked if (scores[k][p].gain or 0.0) > 0]
+        if min_reward is not None:
+            ranked = [k for k in ranked if scores[k][p].reward >= min_reward]
         for k in ranked[:keep]:
             ev = scores[k][p]
             template = samples[k].template
-            assert template is not None
+            assert template is not None and ev is not None
             kept.append({"passage": ev.passage_id, "template": k, "reward": ev.reward,
                          "gain": ev.gain})
             if "templates" in kinds:
-                examples.append(SFTExample("templates", meta_prompt, samples[k].text))
+                prompt = meta_prompt if prompts is None else prompts[k]
+                examples.append(SFTExample("templates", prompt, samples[k].text))
             if "completions" not in kinds or not template.data_creation_instruction.strip():
                 continue
+            assert corpus is not None, "completion examples need the passages"
             outs = sorted(ev.completions, key=lambda c: -c["accuracy"])
             if positive_gain_only:
                 outs = [c for c in outs if c["gain"] > 0]
@@ -178,26 +203,51 @@ def select_winners(samples: list[Sample], scores: list[list[Evaluation]], corpus
 
 # --- one iteration -----------------------------------------------------------------------
 def restem_iteration(cfg: RestemConfig, iteration: int, policy: TemplatePolicy,
-                     env: SelfEditEnv, evaluator: Evaluator, train: list[int],
+                     env: Any, evaluator: Evaluator, train: list[int],
                      heldout: list[int], run_dir: Path) -> dict[str, Any]:
-    """One ReST-EM iteration: sample, score, filter, SFT + merge, held-out evaluation."""
+    """One ReST-EM iteration: sample, score, filter, SFT + merge, held-out evaluation.
+
+    The policy writes K templates per prompt group of the env's kind: one group (the
+    meta-prompt, every template scored on every training passage) on SQuAD, one per task
+    (its observation, each recipe scored on its task) on ARC.
+    """
     t0 = time.perf_counter()
     steps_before = evaluator.steps
     record: dict[str, Any] = {"iteration": iteration,
                               "policy_fingerprint": policy.backend.fingerprint}
-    print(f"iteration {iteration}: sampling {cfg.templates_per_iteration} templates", flush=True)
+    k_per = cfg.templates_per_iteration
+    groups = evaluator.kind.prompt_groups(env, train, policy.prompt)
+    print(f"iteration {iteration}: sampling {k_per * len(groups)} "
+          f"{'templates' if len(groups) == 1 else f'{evaluator.kind.action_key}s'}", flush=True)
 
-    # E-step: sample K templates (seeded by the iteration: a resumed run gets the same ones).
-    samples = policy.sample(cfg.templates_per_iteration, seed=cfg.seed * 1000 + iteration)
-    flat = evaluator.evaluate_many([(s, p) for s in samples for p in train])  # batched
-    scores = [flat[i * len(train) : (i + 1) * len(train)] for i in range(len(samples))]  # (K, P)
-    rewards = np.array([[e.reward for e in row] for row in scores])  # (K, P)
+    # E-step: sample K templates per group, one batched call (seeded by the iteration: a
+    # resumed run gets the same ones), each scored on its group's passages.
+    samples = policy.sample_prompts([prompt for prompt, _ in groups for _ in range(k_per)],
+                                    seed=cfg.seed * 1000 + iteration)  # (G * K,)
+    prompts = [prompt for prompt, _ in groups for _ in range(k_per)]
+    items = [g_items for _, g_items in groups for _ in range(k_per)]  # each sample's items
+    flat = evaluator.evaluate_many([(s, p) for s, its in zip(samples, items, strict=True)
+                                    for p in its])  # batched
+    rows: list[list[Evaluation]] = []
+    for its in items:
+        rows.append(flat[:len(its)])
+        flat = flat[len(its):]
+    # The groups' items, in order, are the training passages: group g's sit at the
+    # positions after the groups before it. scores[k][p]: None where k was not scored on p.
+    scores: list[list[Evaluation | None]] = []  # (S, P)
+    offset = 0
+    for g, (_, g_items) in enumerate(groups):
+        for k in range(g * k_per, (g + 1) * k_per):
+            scores.append([None] * offset + list(rows[k])
+                          + [None] * (len(train) - offset - len(g_items)))
+        offset += len(g_items)
+    rewards = np.array([[e.reward for e in row] for row in rows])  # (S, items per sample)
     record["templates"] = [
         {"index": k, "template": s.text, "valid": s.valid, "mean_reward": float(rewards[k].mean()),
-         "rewards": {e.passage_id: e.reward for e in scores[k]}}
+         "rewards": {e.passage_id: e.reward for e in rows[k]}}
         for k, s in enumerate(samples)
     ]
-    gains = [e.gain for row in scores for e in row if e.gain is not None]
+    gains = [e.gain for row in rows for e in row if e.gain is not None]
     record.update({
         "reward/mean": float(rewards.mean()),
         "reward/max": float(rewards.max()),
@@ -216,9 +266,10 @@ def restem_iteration(cfg: RestemConfig, iteration: int, policy: TemplatePolicy,
 
     # Filter + M-step.
     examples, kept = select_winners(
-        samples, scores, env.corpus, keep=cfg.keep_per_passage,
+        samples, scores, getattr(env, "corpus", None), keep=cfg.keep_per_passage,
         completions_kept=cfg.completions_kept, positive_gain_only=cfg.positive_gain_only,
-        kinds=cfg.example_kinds, meta_prompt=policy.prompt)
+        kinds=cfg.example_kinds, meta_prompt=policy.prompt, prompts=prompts,
+        min_reward=cfg.min_reward)
     record["kept"] = kept
     if examples:
         work = run_dir / "sft" / f"iter_{iteration:03d}"
@@ -234,8 +285,8 @@ def restem_iteration(cfg: RestemConfig, iteration: int, policy: TemplatePolicy,
                          "completion_examples": sum(e.kind == "completions" for e in examples)}
         record["policy_fingerprint_after"] = after_update(cfg, env, policy.backend)
     else:
-        print(f"iteration {iteration}: no winners (no template beat the baseline); the policy "
-              "is unchanged", flush=True)
+        print(f"iteration {iteration}: no winners (no {evaluator.kind.action_key} beat the "
+              "baseline); the policy is unchanged", flush=True)
         record["sft"] = None
         record["policy_fingerprint_after"] = policy.backend.fingerprint
 
@@ -250,27 +301,29 @@ def restem_iteration(cfg: RestemConfig, iteration: int, policy: TemplatePolicy,
 
 
 # --- the run: passages, run directory, env, policy, loop, summary --------------------------
-def train_restem(cfg: RestemConfig, *, resume: Path | None = None, env: SelfEditEnv | None = None,
+def train_restem(cfg: RestemConfig, *, resume: Path | None = None, env: Any = None,
                  policy_backend: Any = None, command: str | None = None) -> Path:
     """Run ReST-EM; return the run directory. ``env`` / ``policy_backend`` inject models."""
-    # 1. Passages and model files: a bad selection or a missing file fails before any
-    #    weights load or a run directory is made.
-    corpus = checked_corpus(cfg, env)
+    # 1. Passages (ARC: tasks) and model files: a bad selection or a missing file fails
+    #    before any weights load or a run directory is made.
+    kind = cfg.env_kind
+    items = policy_items(cfg, env)
     if cfg.mode == "separate" and policy_backend is None:
         check_model_source(cfg.policy_model)  # type: ignore[arg-type]
-    train, heldout = passages(cfg, corpus)
 
     # 2. Run directory, env, policy.
     rundir = (RunDir.resume(resume, cfg, command=command) if resume is not None
               else RunDir.create(cfg, command=command))
     try:
-        env = env or SelfEditEnv(cfg.env, corpus=corpus)
+        env = env or kind.build(cfg.env, **items.prepared)
+        items = policy_items(cfg, env)  # again on the env: ARC drops tasks too long for it
+        train, heldout = items.train, items.heldout
         backend = load_policy(cfg, env, policy_backend)
         policy = TemplatePolicy(backend, temperature=cfg.temperature,
                                 max_new_tokens=cfg.max_new_tokens, max_retries=cfg.max_retries,
-                                prefix_json=cfg.prefix_json)
+                                prefix_json=cfg.prefix_json, action_format=kind.action_format())
         evaluator = Evaluator(env, EvalCache(rundir.log("evaluations.jsonl", key="key")),
-                              seed=cfg.seed, progress=cfg.progress)
+                              seed=cfg.seed, progress=cfg.progress, kind=kind)
 
         # 3. Resume: merge the saved adapters in order, check the weights, restore RNGs.
         records, start = restore_run(rundir, cfg, env, backend)
@@ -346,7 +399,7 @@ def finish_iteration(rundir: RunDir, record: dict[str, Any], evaluator: Evaluato
     return record
 
 
-def restore_run(rundir: RunDir, cfg: PolicyRunConfig, env: SelfEditEnv,
+def restore_run(rundir: RunDir, cfg: PolicyRunConfig, env: Any,
                 backend: Any) -> tuple[list[dict[str, Any]], int]:
     """Rebuild the policy of the last checkpoint; return its records and the next iteration.
 
@@ -411,7 +464,7 @@ def log_iteration_tb(writer: Any, record: dict[str, Any]) -> None:
         writer.add_scalar("sft/examples", sft["examples"], step)
     templates = [t for t in record.get("templates", []) if t["valid"]]
     if templates:
-        hps = [json.loads(t["template"])["hyperparameters"] for t in templates]
+        hps = [_hyperparameters(json.loads(t["template"])) for t in templates]
         for name in hps[0]:
             writer.add_histogram(f"hyperparameters/{name}",
                                  np.asarray([float(h[name]) for h in hps]), step)
@@ -425,6 +478,16 @@ def log_iteration_tb(writer: Any, record: dict[str, Any]) -> None:
     if len(rows) > 2:
         writer.add_text("templates", "\n".join(rows), step)
     writer.flush()
+
+
+def _hyperparameters(action: dict[str, Any]) -> dict[str, Any]:
+    """A canonical action's hyperparameters: a template's ``hyperparameters``, or the
+    hyperparameter keys of a (flat) ARC recipe."""
+    from selfedit.envs.templates import HP_RANGES
+
+    if "hyperparameters" in action:
+        return action["hyperparameters"]
+    return {k: action[k] for k in HP_RANGES if k in action}
 
 
 def _summary_row(record: dict[str, Any]) -> dict[str, Any]:
