@@ -9,7 +9,11 @@
     selfedit train --config configs/restem_cpu.yaml [key=value ...]  # ReST-EM or GRPO
     selfedit train --resume results/restem_cpu__0__<time>            # continue a killed run
     selfedit continual --config configs/continual_cpu.yaml           # forgetting matrix
+    selfedit arc-survey --config configs/arc_cpu.yaml  # which ARC tasks any recipe solves
     selfedit bench inner-loop          # lean inner loop vs a SEAL-style loop, FLOP fraction
+
+``env_id: selfedit/ARC-v0`` in a config runs ``selfedit run`` and ``selfedit train``
+(ReST-EM) on SEAL's ARC domain; ``selfedit keys --env selfedit/ARC-v0`` lists its env keys.
 
 Every command reads its settings the same way (:func:`~selfedit.training.experiment
 .load_experiment`): an optional YAML file (``--config``), then ``key=value`` overrides
@@ -28,8 +32,9 @@ import typing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from selfedit.envs.config import ConfigError, EnvConfig, field_help
+from selfedit.envs.config import ConfigError, field_help
 from selfedit.envs.templates import TemplateError
+from selfedit.training.env_kinds import ENV_KINDS, SQUAD_ENV_ID, check_supported, env_kind
 from selfedit.training.experiment import param
 
 if TYPE_CHECKING:
@@ -71,6 +76,9 @@ def _parser() -> argparse.ArgumentParser:
 
     keys = sub.add_parser("keys", help="list every config key with its default and help")
     keys.add_argument("--markdown", action="store_true", help="as the README's Markdown table")
+    keys.add_argument("--env", default=SQUAD_ENV_ID, metavar="ENV_ID",
+                      help=f"whose env.* keys to list: {', '.join(ENV_KINDS)} "
+                      f"(default {SQUAD_ENV_ID})")
 
     rec = sub.add_parser("recitation", help="score answers that need no knowledge of the "
                          "question (reciting the passage, ...) with every grader")
@@ -102,6 +110,11 @@ def _parser() -> argparse.ArgumentParser:
     _add_executor_option(bench)
     bench.add_argument("overrides", nargs="*", help="key=value overrides, e.g. noise_repeats=2")
     _add_training_commands(sub)
+    survey = sub.add_parser(
+        "arc-survey", add_help=False,
+        help="ARC (selfedit/ARC-v0): baselines, the model's own recipes, an oracle search and "
+        "one ReST-EM round on the tasks of env.tasks (`selfedit arc-survey --help`)")
+    survey.add_argument("rest", nargs=argparse.REMAINDER)  # main() hands them to the survey
     _add_bench_commands(sub)
     return parser
 
@@ -263,6 +276,12 @@ def _benchmark_keys() -> str:
     return "\n".join(lines)
 
 
+# The benchmark's directory, budgets and report read SQuAD's env keys (corpus, passages,
+# reward_grader, completions_per_passage) in benchmark.py and benchmark_report.py; until they
+# ask the env's kind instead, it runs on SQuAD only (the runner it calls runs both).
+BENCHMARK_ENVS = (SQUAD_ENV_ID,)
+
+
 def _benchmark(args: argparse.Namespace, argv: list[str]) -> int:
     from selfedit.training.benchmark import (
         BenchmarkConfig,
@@ -301,6 +320,7 @@ def _benchmark(args: argparse.Namespace, argv: list[str]) -> int:
             if args.config is None:
                 raise ConfigError("give --config configs/benchmark_<...>.yaml (or --resume DIR)")
             cfg = load_experiment(BenchmarkConfig, args.config, args.overrides)
+            check_supported(cfg.env_id, BENCHMARK_ENVS, command="selfedit benchmark")
             benchmark(_with_executor(cfg, args.executor), force=args.force, command=command)
     except BudgetError as err:
         print(f"selfedit: error: {err}", file=sys.stderr)
@@ -309,10 +329,10 @@ def _benchmark(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 # --- keys -----------------------------------------------------------------------------------
-def _keys(markdown: bool = False) -> str:
+def _keys(markdown: bool = False, env_id: str = SQUAD_ENV_ID) -> str:
     from selfedit.training.config import ExecutorConfig, RunConfig
 
-    sections = {"env": EnvConfig, "executor": ExecutorConfig}
+    sections = {"env": env_kind(env_id).config_class(), "executor": ExecutorConfig}
     if markdown:
         rows = ["| key | default | meaning |", "|---|---|---|"]
         for name, default, text in field_help(RunConfig):
@@ -438,11 +458,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
     words = list(argv) if argv is not None else sys.argv[1:]
+    if words[:1] == ["arc-survey"]:  # its own parser and flags (training/arc_survey.py)
+        from selfedit.training.arc_survey import main as survey
+
+        return survey(words[1:])
+    args = parse_args(argv)
     try:
         if args.command == "keys":
-            print(_keys(args.markdown))
+            print(_keys(args.markdown, args.env))
         elif args.command == "run":
             return _run(args, words)
         elif args.command == "benchmark":
