@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from selfedit.envs.templates import Hyperparameters, Template
+from selfedit.envs.templates import Hyperparameters, OperatorHyperparameters, Template
 
 __all__ = [
     "HP_SCALES",
@@ -92,7 +92,8 @@ def hyperparameter_values(hp: Mapping[str, Any] | Hyperparameters) -> dict[str, 
     >>> hyperparameter_values({"lora_rank": "8"})["lora_rank"]
     8.0
     """
-    raw = hp.to_dict() if isinstance(hp, Hyperparameters) else hp
+    # Any operator's hyperparameters (LoRA, full, svd): the keys it lacks take the defaults.
+    raw = hp.to_dict() if isinstance(hp, OperatorHyperparameters) else hp
     if not isinstance(raw, Mapping):
         raise TypeError(f"hyperparameters must be a mapping, got {type(raw).__name__}")
     return {key: _number(key, raw.get(key, _HP_DEFAULTS[key])) for key in HP_VECTOR_KEYS}
@@ -148,7 +149,7 @@ def template_parts(template: TemplateLike) -> tuple[str, Mapping[str, Any]]:
             f"data_creation_instruction must be a string, got {type(instruction).__name__}"
         )
     hp = template.get("hyperparameters") or {}
-    if isinstance(hp, Hyperparameters):
+    if isinstance(hp, OperatorHyperparameters):
         hp = hp.to_dict()
     return instruction, hp
 

@@ -226,13 +226,15 @@ class ArchiveAgent(MetaPromptAgent):
         return best, worst
 
     def prompt(self, observation: dict[str, Any]) -> str:
+        """The env's meta-prompt (its operators and pooling included) plus the archive."""
+        base = observation.get("prompt") or prompts.meta_prompt()
         best, worst = self.elites()
         if not best:
-            return prompts.meta_prompt()
+            return base
         section = prompts.archive_section(
             [(r.template, r.stats()) for r in best], [(r.template, r.stats()) for r in worst]
         )
-        return prompts.meta_prompt(section)
+        return base + "\n\n" + section
 
     def act_batch(
         self, observations: Sequence[dict[str, Any]], infos: Sequence[dict[str, Any]]

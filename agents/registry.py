@@ -57,6 +57,13 @@ def _fixed(spec: dict[str, Any], env: Any = None) -> Agent:
     try:
         if "template" in spec:
             template, _ = Template.from_dict(spec["template"])
+        elif "update_operator" in spec:  # a baseline's data, another operator (issue 16)
+            base = human_baseline(spec.get("baseline", ""))
+            template, _ = Template.from_dict({
+                "data_creation_instruction": base.data_creation_instruction,
+                "include_passage": base.include_passage, "name": base.name,
+                "hyperparameters": spec.get("hyperparameters", {}),
+                "update_operator": spec["update_operator"]})
         else:
             template = human_baseline(spec.get("baseline", ""), **spec.get("hyperparameters", {}))
     except (TemplateError, KeyError) as err:
@@ -68,7 +75,8 @@ def _fixed(spec: dict[str, Any], env: Any = None) -> Agent:
 # its model, e.g. an LLM template writer in self mode, or its corpus size).
 AgentFactory = Callable[[dict[str, Any], Any], Agent]
 AGENT_TYPES: dict[str, AgentFactory] = {"fixed": _fixed}
-AGENT_KEYS: dict[str, set[str]] = {"fixed": {"template", "baseline", "hyperparameters"}}
+AGENT_KEYS: dict[str, set[str]] = {"fixed": {"template", "baseline", "hyperparameters",
+                                             "update_operator"}}
 
 
 def register_agent(type_name: str, factory: AgentFactory, keys: set[str]) -> None:

@@ -172,7 +172,10 @@ class ArchiveObservation(gym.Wrapper):
         section = prompts.archive_section(
             [(t, {"accuracy": a}) for t, a in best], [(t, {"accuracy": a}) for t, a in worst]
         ) if ranked else ""
-        return {**observation, "prompt": prompts.meta_prompt(section)}
+        # The env's own meta-prompt (its operators, pooling) with the archive appended, as
+        # prompts.meta_prompt(archive) places it.
+        return {**observation, "prompt": observation["prompt"] + ("\n\n" + section
+                                                                   if section else "")}
 
     def reset(self, **kwargs: Any) -> tuple[dict[str, Any], dict[str, Any]]:
         observation, info = self.env.reset(**kwargs)

@@ -139,7 +139,8 @@ def test_baseline_is_cached_on_disk(tiny_backend, tmp_path) -> None:
     env.step(HUMAN_BASELINES["no_training"])
     files = list(tmp_path.glob("*.json"))
     assert len(files) == 1
-    assert tiny_backend.fingerprint in files[0].name and "contains" in files[0].name
+    # The key names the model and the reward grader.
+    assert tiny_backend.fingerprint in files[0].name and "committed" in files[0].name
     # A new env reads the file instead of answering again: poison the cached answers.
     entry = json.loads(files[0].read_text())
     entry["answers"] = ["from the cache"] * len(entry["answers"])

@@ -150,13 +150,13 @@ def paired_difference(a: Sequence[float], b: Sequence[float]) -> dict[str, float
     >>> d["identical"], d["low"] <= 0 <= d["high"]
     (3, True)
     """
-    from scipy import stats
+    from selfedit.training.stats import t_quantile
 
     diff = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)  # (pairs,)
     out = {"mean": float(diff.mean()), "identical": int(np.sum(np.abs(diff) < 1e-12)),
            "pairs": len(diff), "max_abs": float(np.abs(diff).max())}
     if len(diff) > 1 and diff.std(ddof=1) > 0:
-        half = stats.t.ppf(0.975, len(diff) - 1) * diff.std(ddof=1) / np.sqrt(len(diff))
+        half = t_quantile(0.975, len(diff) - 1) * diff.std(ddof=1) / np.sqrt(len(diff))
     else:
         half = 0.0
     out.update(low=out["mean"] - half, high=out["mean"] + half)
