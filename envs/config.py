@@ -109,7 +109,13 @@ class EnvConfig:
     completion_max_tokens: int = _f(256, "max new tokens when the self model completes an "
                                     "instruction on a passage")
     completion_temperature: float = _f(0.7, "sampling temperature of completions (0 = greedy)")
-    answer_max_tokens: int = _f(24, "max new tokens per answer (short answers, greedy)")
+    answer_max_tokens: int = _f(24, "max new tokens per answer (short answers)")
+    answer_temperature: float = _f(0.0, "answers: 0 = greedy (default); > 0 samples them at "
+                                   "this temperature (the template-search paper samples at "
+                                   "0.7), each question's draws seeded per (update, repeat)")
+    answer_samples: int = _f(1, "answers per question, each graded: with answer_temperature "
+                             "> 0 the accuracy is the mean over these repeats, and "
+                             "results[i].repeat_accuracy lists each (evaluation noise)")
     max_sequences: int = _f(64, "training sequences kept per completion")
     max_seq_tokens: int = _f(512, "tokens kept per training sequence (never more than the "
                              "model's context, max_position_embeddings)")
@@ -153,7 +159,7 @@ class EnvConfig:
         check_types(self, where="env")
         positive = ("passages_per_step", "completions_per_passage", "completion_max_tokens",
                     "vllm_max_loras",
-                    "answer_max_tokens", "max_sequences", "max_seq_tokens",
+                    "answer_max_tokens", "answer_samples", "max_sequences", "max_seq_tokens",
                     "max_train_tokens", "micro_batch_size")
         for name in positive:
             value = getattr(self, name)
@@ -193,6 +199,13 @@ class EnvConfig:
                               f" {self.vllm_max_model_len!r}")
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise ConfigError(f"dtype must be auto, float32 or bfloat16, got {self.dtype!r}")
+        if not 0 <= self.answer_temperature <= 5:
+            raise ConfigError("answer_temperature must be between 0 and 5, got "
+                              f"{self.answer_temperature!r}")
+        if self.answer_samples > 1 and self.answer_temperature == 0:
+            raise ConfigError(f"answer_samples={self.answer_samples} with greedy answers repeats"
+                              " the same answers: set answer_temperature > 0 (the template-"
+                              "search paper samples at 0.7), or answer_samples: 1")
         if not 0 <= self.completion_temperature <= 5:
             raise ConfigError("completion_temperature must be between 0 and 5, got "
                               f"{self.completion_temperature!r}")

@@ -104,6 +104,11 @@ class PassageResult:
     timings: dict[str, float] = field(default_factory=dict)
     completion_tokens: int = 0
     error: str | None = None
+    # With answer_samples R > 1 (answers sampled at answer_temperature): every repeat's
+    # answers, and the reward grader's accuracy of each repeat (the evaluation noise of one
+    # adapter; arXiv 2601.14532). ``answers`` is then the first repeat.
+    answer_samples: list[list[str]] | None = None
+    repeat_accuracy: list[float] | None = None
 
     @property
     def gain(self) -> float:
@@ -613,6 +618,30 @@ class SelfEditEnv(gym.Env):
     def _questions(self, passage: Passage) -> list[str]:
         return [prompts.ANSWER_PROMPT.format(question=q.question) for q in passage.questions]
 
+    def _answer_prompts(self, passage: Passage, seed: int) -> tuple[list[str], list[int]]:
+        """The passage's answer prompts, ``answer_samples`` times over, and a sampling seed
+        for each (used only when answers are sampled): repeat r of question i draws from
+        ``seed + 104729 r + i``, whatever shares its batch."""
+        qs = self._questions(passage)
+        repeats = self.config.answer_samples
+        return qs * repeats, [seed + 104_729 * r + i for r in range(repeats)
+                              for i in range(len(qs))]
+
+    def _generate_answers(self, texts: list[str], seeds: list[int],
+                          adapters: list[int | None] | None = None) -> list[str]:
+        """Answers: greedy (the default), or sampled at ``answer_temperature``."""
+        if not texts:
+            return []
+        cfg = self.config
+        sampled = cfg.answer_temperature > 0
+        return self.backend.generate(texts, max_new_tokens=cfg.answer_max_tokens,
+                                     temperature=cfg.answer_temperature,
+                                     seed=seeds if sampled else None, adapters=adapters)
+
+    @staticmethod
+    def _base_seed(passage: Passage) -> int:
+        return int(passage.fingerprint[:8], 16)  # the base model's answers: fixed per passage
+
     def _train_and_answer_together(self, operator: Any, training: list[tuple[_Slot, _Pair]],
                                    baselines: dict[str, BaselineEntry | None],
                                    passages: dict[str, Passage]) -> None:
@@ -624,22 +653,24 @@ class SelfEditEnv(gym.Env):
         with operator.adapted_many(self.backend, requests) as stats:
             t1 = time.perf_counter()
             texts: list[str] = []
+            seeds: list[int] = []
             route: list[int | None] = []
             spans: list[tuple[Any, int, int]] = []
             for pid, entry in baselines.items():
                 if entry is None:  # the base answers, in the same batch (adapter None)
-                    qs = self._questions(passages[pid])
+                    qs, ss = self._answer_prompts(passages[pid], self._base_seed(passages[pid]))
                     spans.append((pid, len(texts), len(texts) + len(qs)))
                     texts += qs
+                    seeds += ss
                     route += [None] * len(qs)
             for _, pair in training:
                 for member in pair.members:  # a pooled update answers its whole pool
-                    qs = self._questions(member.passage)
+                    qs, ss = self._answer_prompts(member.passage, member.seed)
                     spans.append((member, len(texts), len(texts) + len(qs)))
                     texts += qs
+                    seeds += ss
                     route += [pair.adapter] * len(qs)
-            answers = self.backend.generate(texts, max_new_tokens=self.config.answer_max_tokens,
-                                            adapters=route) if texts else []
+            answers = self._generate_answers(texts, seeds, route)
             t2 = time.perf_counter()
         for pair_stats, (_, pair) in zip(stats, training, strict=True):
             for member in pair.members:
@@ -679,11 +710,15 @@ class SelfEditEnv(gym.Env):
                                   seed=pair.seed, max_seconds=max(remaining, 0.0)) as st:
                 t1 = time.perf_counter()
                 if not st.error:  # a pooled update answers its whole pool, in one batch
-                    answers = self.answer([q.question for member in pair.members
-                                           for q in member.passage.questions])
-                    at = 0
+                    texts, seeds, sizes = [], [], []
                     for member in pair.members:
-                        n = len(member.passage.questions)
+                        qs, ss = self._answer_prompts(member.passage, member.seed)
+                        texts += qs
+                        seeds += ss
+                        sizes.append(len(qs))
+                    answers = self._generate_answers(texts, seeds)
+                    at = 0
+                    for member, n in zip(pair.members, sizes, strict=True):
                         member.answers = answers[at : at + n]
                         at += n
                 t2 = time.perf_counter()
@@ -698,11 +733,16 @@ class SelfEditEnv(gym.Env):
         missing = [pid for pid, entry in baselines.items() if entry is None]
         if not missing:
             return
-        texts = [t for pid in missing for t in self._questions(passages[pid])]
-        answers = self.backend.generate(texts, max_new_tokens=self.config.answer_max_tokens)
+        texts: list[str] = []
+        seeds: list[int] = []
+        for pid in missing:
+            qs, ss = self._answer_prompts(passages[pid], self._base_seed(passages[pid]))
+            texts += qs
+            seeds += ss
+        answers = self._generate_answers(texts, seeds)
         at = 0
         for pid in missing:
-            n = len(passages[pid].questions)
+            n = len(passages[pid].questions) * self.config.answer_samples
             self._store_baseline(passages[pid], answers[at : at + n], baselines)
             at += n
 
@@ -800,6 +840,8 @@ class SelfEditEnv(gym.Env):
             self.grader_name,
             str(self.config.answer_max_tokens),
             _short_hash(prompts.ANSWER_PROMPT),
+            *([f"T{self.config.answer_temperature:g}x{self.config.answer_samples}"]
+              if self.config.answer_temperature > 0 else []),
         ])
 
     def _graders(self) -> set[str]:
@@ -807,14 +849,26 @@ class SelfEditEnv(gym.Env):
 
     def _cached_baseline(self, passage: Passage) -> BaselineEntry | None:
         return self.baselines.get(self._baseline_key(passage),
-                                  n_answers=len(passage.questions), graders=self._graders())
+                                  n_answers=len(passage.questions) * self.config.answer_samples,
+                                  graders=self._graders())
 
     def _store_baseline(self, passage: Passage, answers: list[str],
                         baselines: dict[str, BaselineEntry | None]) -> None:
-        verdicts = self.grade(answers, passage)
+        verdicts, _ = self._grade_repeats(answers, passage)
         entry = BaselineEntry(tuple(answers),
                               {k: float(np.mean(v)) for k, v in verdicts.items()})
         baselines[passage.id] = self.baselines.put(self._baseline_key(passage), entry)
+
+    def _grade_repeats(self, answers: list[str],
+                       passage: Passage) -> tuple[dict[str, list[float]], list[float]]:
+        """Grade R repeats of a passage's answers: each question's verdict is its mean over
+        the repeats; also the reward grader's accuracy of each repeat."""
+        n = len(passage.questions)
+        repeats = [answers[r * n : (r + 1) * n] for r in range(max(len(answers) // n, 1))]
+        graded = [self.grade(list(a), passage) for a in repeats]
+        verdicts = {k: [float(np.mean([g[k][i] for g in graded])) for i in range(n)]
+                    for k in graded[0]}
+        return verdicts, [float(np.mean(g[self.grader_name])) for g in graded]
 
     # -- results ----------------------------------------------------------------------
     def _result(self, pair: _Pair) -> PassageResult:
@@ -824,8 +878,11 @@ class SelfEditEnv(gym.Env):
         trained = pair.adapter is not None or bool(pair.answers)
         answers = pair.answers if trained else list(base.answers)
         t0 = time.perf_counter()
-        verdicts = self.grade(answers, passage)
+        verdicts, repeat_accuracy = self._grade_repeats(answers, passage)
         pair.timings["grade_s"] = Seconds(time.perf_counter() - t0)
+        n = len(passage.questions)
+        samples = ([answers[r * n : (r + 1) * n] for r in range(len(answers) // n)]
+                   if self.config.answer_samples > 1 else None)
         for key in ("complete_s", "train_s", "train_loop_s", "answer_s"):
             pair.timings.setdefault(key, Seconds(0.0))
         metrics = {k: float(np.mean(v)) for k, v in verdicts.items()}
@@ -836,8 +893,8 @@ class SelfEditEnv(gym.Env):
             sequences=[s if isinstance(s, str) else list(s) for s in pair.sequences],
             questions=[q.question for q in passage.questions],
             golds=[list(q.answers) for q in passage.questions],
-            answers=answers,
-            base_answers=list(base.answers),
+            answers=list(answers[:n]),
+            base_answers=list(base.answers[:n]),
             metrics=metrics,
             base_metrics=dict(base.metrics),
             verdicts=verdicts,
@@ -847,6 +904,8 @@ class SelfEditEnv(gym.Env):
             timings=dict(pair.timings),
             completion_tokens=self.backend.count_tokens(pair.completion) if pair.completion
             else 0,
+            answer_samples=samples,
+            repeat_accuracy=repeat_accuracy if samples else None,
         )
 
     @staticmethod

@@ -217,3 +217,25 @@ def test_info_is_plain_json(env) -> None:
     assert round_trip["timings"]["step_s"] > 0
     _, _, _, _, bad = env.step("not a template")
     assert json.loads(json.dumps(bad))["error"]
+
+
+def test_sampled_answers_are_repeated_graded_and_deterministic(tiny_backend) -> None:
+    """Issue 17: answers sampled at a temperature, R repeats of one adapter, each graded."""
+    env = SelfEditEnv(backend=tiny_backend, answer_temperature=0.7, answer_samples=3, **FAST)
+    env.reset(seed=0, options={"passage_ids": [0]})
+    _, reward, _, _, info = env.step(passage_template(num_epochs=1))
+    (result,) = info["results"]
+    assert len(result["answer_samples"]) == 3 and len(result["repeat_accuracy"]) == 3
+    assert result["answers"] == result["answer_samples"][0]
+    assert result["accuracy"] == pytest.approx(np.mean(result["repeat_accuracy"]))
+    assert len(result["base_answers"]) == len(env.corpus[0].questions)
+    # Same seed, same samples; another step seed, other samples.
+    env.reset(seed=0, options={"passage_ids": [0]})
+    _, again, _, _, info2 = env.step(passage_template(num_epochs=1))
+    assert info2["results"][0]["answer_samples"] == result["answer_samples"]
+    greedy = SelfEditEnv(backend=tiny_backend, **FAST)
+    greedy.reset(seed=0, options={"passage_ids": [0]})
+    _, _, _, _, plain = greedy.step(passage_template(num_epochs=1))
+    assert plain["results"][0]["answer_samples"] is None
+    with pytest.raises(ConfigError, match="answer_samples=3 with greedy answers"):
+        SelfEditEnv(backend=tiny_backend, answer_samples=3, **FAST)
