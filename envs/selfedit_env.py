@@ -48,6 +48,10 @@ CHARSET = "\n\t" + "".join(
 )
 _CHARSET_SET = frozenset(CHARSET)
 MAX_TEXT = 32_768
+# An endpoint judge grades after training: it gets what is left of the step's budget plus
+# this grace, so a step that trained to its budget can still be graded, and a judge that
+# never answers holds it at most max_step_seconds + JUDGE_GRACE_S (issue 13 item 6).
+JUDGE_GRACE_S = 60.0
 
 
 class Seconds(float):
@@ -754,7 +758,8 @@ class SelfEditEnv(gym.Env):
         return self.backend.generate(texts, max_new_tokens=self.config.answer_max_tokens,
                                      adapters=adapters) if texts else []
 
-    def grade(self, answers: list[str], passage: Passage) -> dict[str, list[float]]:
+    def grade(self, answers: list[str], passage: Passage, *,
+              time_budget_s: float | None = None) -> dict[str, list[float]]:
         """Every cheap grader's verdicts, plus the reward grader's when it is not one of them.
 
         Graders get what they may need about the passage as keyword arguments (the Grader
@@ -769,8 +774,9 @@ class SelfEditEnv(gym.Env):
         }
         verdicts = grading.grade_all(answers, golds, **context)
         if self.grader_name not in verdicts:
+            extra = {} if time_budget_s is None else {"time_budget_s": time_budget_s}
             verdicts[self.grader_name] = [
-                float(v) for v in self.grader(answers, golds, **context)
+                float(v) for v in self.grader(answers, golds, **context, **extra)
             ]
         return verdicts
 
@@ -859,26 +865,28 @@ class SelfEditEnv(gym.Env):
                               {k: float(np.mean(v)) for k, v in verdicts.items()})
         baselines[passage.id] = self.baselines.put(self._baseline_key(passage), entry)
 
-    def _grade_repeats(self, answers: list[str],
-                       passage: Passage) -> tuple[dict[str, list[float]], list[float]]:
+    def _grade_repeats(self, answers: list[str], passage: Passage, *,
+                       time_budget_s: float | None = None,
+                       ) -> tuple[dict[str, list[float]], list[float]]:
         """Grade R repeats of a passage's answers: each question's verdict is its mean over
         the repeats; also the reward grader's accuracy of each repeat."""
         n = len(passage.questions)
         repeats = [answers[r * n : (r + 1) * n] for r in range(max(len(answers) // n, 1))]
-        graded = [self.grade(list(a), passage) for a in repeats]
+        graded = [self.grade(list(a), passage, time_budget_s=time_budget_s) for a in repeats]
         verdicts = {k: [float(np.mean([g[k][i] for g in graded])) for i in range(n)]
                     for k in graded[0]}
         return verdicts, [float(np.mean(g[self.grader_name])) for g in graded]
 
     # -- results ----------------------------------------------------------------------
-    def _result(self, pair: _Pair) -> PassageResult:
+    def _result(self, pair: _Pair, deadline: float | None = None) -> PassageResult:
         passage = pair.passage
         base = self._cached_baseline(passage)
         assert base is not None, "baselines are filled before results are built"
         trained = pair.adapter is not None or bool(pair.answers)
         answers = pair.answers if trained else list(base.answers)
         t0 = time.perf_counter()
-        verdicts, repeat_accuracy = self._grade_repeats(answers, passage)
+        budget = None if deadline is None else max(deadline - t0, 0.0) + JUDGE_GRACE_S
+        verdicts, repeat_accuracy = self._grade_repeats(answers, passage, time_budget_s=budget)
         pair.timings["grade_s"] = Seconds(time.perf_counter() - t0)
         n = len(passage.questions)
         samples = ([answers[r * n : (r + 1) * n] for r in range(len(answers) // n)]
@@ -929,7 +937,8 @@ class SelfEditEnv(gym.Env):
                 f" after {len(slot.pairs) - skipped} of {len(slot.pairs)} (passage, completion)"
                 " evaluations; the rest were skipped")
         try:
-            results = [self._result(pair) for pair in slot.pairs if not pair.skipped]
+            deadline = self._deadline(slot)
+            results = [self._result(pair, deadline) for pair in slot.pairs if not pair.skipped]
         except Exception as err:  # noqa: BLE001 - e.g. a grader that crashed
             detail = traceback.format_exception_only(type(err), err)[-1].strip()
             return self._invalid(f"evaluation failed: {detail}", info, start)

@@ -239,3 +239,22 @@ def test_sampled_answers_are_repeated_graded_and_deterministic(tiny_backend) -> 
     assert plain["results"][0]["answer_samples"] is None
     with pytest.raises(ConfigError, match="answer_samples=3 with greedy answers"):
         SelfEditEnv(backend=tiny_backend, answer_samples=3, **FAST)
+
+
+def test_the_reward_grader_gets_the_steps_remaining_budget(tiny_backend) -> None:
+    """Issue 13 item 6: grading belongs inside the step budget (a judge uses it as deadline)."""
+    from selfedit.envs.selfedit_env import JUDGE_GRACE_S
+
+    seen: list[float | None] = []
+
+    def grader(answers, golds, **kwargs):
+        seen.append(kwargs.get("time_budget_s"))
+        return [0.0] * len(answers)
+
+    env = SelfEditEnv(backend=tiny_backend, grader=grader, reward_grader="judge",
+                      max_step_seconds=120, **FAST)
+    env.reset(seed=0, options={"passage_ids": [0]})
+    _, _, _, _, info = env.step(passage_template(num_epochs=1))
+    assert info["error"] is None
+    step_budgets = [b for b in seen if b is not None]  # the baseline is graded off-step
+    assert step_budgets and all(0 < b <= 120 + JUDGE_GRACE_S for b in step_budgets)
