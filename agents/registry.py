@@ -124,6 +124,8 @@ def check_agent_spec(spec: str | dict[str, Any], *, key: str = "agent") -> str:
             name = spec.get("baseline") or spec.get("template", {}).get("name") or "fixed"
             return check_name(name, key=f"{key}.name (taken from the template; give the "
                                         "agent a 'name')")
+    if kind == "arc_fixed" and "name" not in spec and isinstance(spec.get("baseline"), str):
+        return check_name(spec["baseline"], key=f"{key}.name (taken from the baseline)")
     return check_name(spec.get("name", kind), key=f"{key}.name")
 
 
