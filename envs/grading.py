@@ -427,6 +427,7 @@ class _Word(NamedTuple):
     fact: bool  # a number, or written with a capital anywhere but at the start (a name)
     clause: int  # which clause of the sentence the word is in, from 0
     capital: bool  # written with a capital (at the start, a name or just the first word)
+    segment: int  # commas and semicolons cut the sentence into segments, from 0
 
 
 def _words(sentence: str) -> list[_Word]:
@@ -440,7 +441,7 @@ def _words(sentence: str) -> list[_Word]:
     [('in', False, 0), ('9', True, 0), ('june', True, 0), ('which', False, 1)]
     """
     words: list[_Word] = []
-    clause = 0
+    clause = segment = 0
     previous = ""
     for position, raw in enumerate(sentence.split()[:_MAX_SENTENCE_WORDS]):
         token = normalize_answer(raw)  # one whitespace-free word gives at most one token
@@ -448,13 +449,15 @@ def _words(sentence: str) -> list[_Word]:
                 or (token in _RELATIVE_WORDS and words)
                 or (normalize_answer(previous) in ("and", "but") and token in _CLAUSE_VERBS)):
             clause += 1
+        if previous.endswith((",", ";")):
+            segment += 1
         previous = raw
         if not token:
             continue
         token = _NUMBER_WORDS.get(token, token)
         capital = raw.lstrip(_OPENING_MARKS)[:1].isupper()
         fact = _is_number(token) or (position > 0 and capital)
-        words.append(_Word(token, fact, clause, capital))
+        words.append(_Word(token, fact, clause, capital, segment))
     return words
 
 
@@ -527,6 +530,19 @@ def _commits(
             # A capitalised first word may be a name or just the sentence's first word.
             if other == kind or (words[k].capital and kind != "number" and other != "number"):
                 return False
+    # Rule 8, lists: besides the gold's, two or more comma-separated items that are nothing
+    # but names and numbers (and function words): "Ostrander Observatory, 2025, during
+    # 1964" is a list even though the question names 1964.
+    gold_segments = {w.segment for w in words[start:end]}
+    items: dict[int, list[_Word]] = {}
+    for word in words:
+        if word.segment not in gold_segments:
+            items.setdefault(word.segment, []).append(word)
+    listed = [item for item in items.values()
+              if all(w.fact or w.token in _FUNCTION_WORDS for w in item)
+              and any(w.fact and _stem(w.token) not in gold for w in item)]
+    if len(listed) >= 2:
+        return False
     # Rules 5-7: further words. Each counts once (repeating is not reciting); names and
     # numbers count wherever they come from, plain words only when the passage has them (a
     # hallucinated detail is not a way to game a grader, a recited one is).
@@ -584,7 +600,10 @@ def committed(
        has them; each counted once. A short description of the answer fits ("Tarn Ellick,
        a market town"); a recital of the sentence around the gold does not;
     7. no further clause (after a semicolon, ", and ...", ", which ...", "where ...",
-       "and is ...") says anything of its own (words it repeats do not count).
+       "and is ...") says anything of its own (words it repeats do not count);
+    8. it is not a list: besides the gold's, at most one of its comma-separated parts is
+       nothing but names and numbers ("Ostrander Observatory, 2025, during 1964" is a list,
+       even though the question names 1964).
 
     Words are compared by a crude stem ("drained" restates "drains"); a small list of
     function words never counts. Strategies that need no knowledge of the question fail: a

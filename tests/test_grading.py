@@ -221,6 +221,8 @@ def test_committed_is_the_default_reward_grader() -> None:
         (5, "The Hobb Bridge crosses the River Sillow, a long river."),  # a short description
         (6, "Kaldane married the botanist Elsabet Moor in Tollard."),  # one further name
         (6, "Elsabet Moor. Elsabet Moor."),
+        (0, "Belcaster, Belcaster, in Belcaster"),  # repetition is not a list
+        (5, "The River Sillow, in Tollard, a long river."),  # one list-like item is fine
     ],
 )
 def test_committed_pays_natural_answers(index: int, answer: str) -> None:
@@ -249,6 +251,8 @@ def test_committed_pays_natural_answers(index: int, answer: str) -> None:
         (6, "Belcaster", "another question's gold"),
         (4, " ".join(["word"] * 13) + " 1901", "the gold after the word horizon"),
         (4, "", "empty"),
+        (4, "1901, Tollard, in Marrow", "a list (no other gold, within the word budget)"),
+        (2, "1849, Hobb Bridge, in Belcaster, tide clock", "a list holding names of the question"),
     ],
 )
 def test_committed_rejects_answers_that_do_not_commit(index: int, answer: str, why: str) -> None:
