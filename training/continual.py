@@ -263,9 +263,10 @@ def run_sequence(env: SelfEditEnv, merging: MergingUpdate, template: Template,
             decisions.append(decision)
             changed = decision["modules"] if decision["kept"] else 0
             fingerprints.append(decision["fingerprint"])
-            say(f"  gate: earlier mean {decision['before']} -> {decision['after']}, drop "
-                f"{decision['drop']} (bound {max_forgetting:g}): "
-                + ("kept" if decision["kept"] else "undone"))
+            shown = [("—" if v is None else f"{v:.3f}")
+                     for v in (decision["before"], decision["after"])]
+            say(f"  gate: earlier mean {shown[0]} -> {shown[1]}, drop {decision['drop']:+.3f}"
+                f" (bound {max_forgetting:g}): " + ("kept" if decision["kept"] else "undone"))
         say(f"after {ids[i]}: self-edit reward {step['reward']:.3f}, merged {changed} modules"
             + (f" (error: {step['error']})" if step["error"] else ""))
         for j in range(i + 1):
