@@ -121,3 +121,32 @@ def test_report_summary_and_csv_carry_the_measures(tmp_path: Path) -> None:
     cfg2 = BenchmarkConfig.from_dict({**cfg.to_dict(), "name": "m2", "measure_reference": None})
     assert cfg2.measure_reference is None
     assert template_measures(RECORDS, ["rewrite"], reference=None)[0].win_rate_reference is None
+
+
+def test_tiny_benchmark_with_answer_repeats_measures_both_noises(tiny_model_dir: Path,
+                                                                 tmp_path: Path) -> None:
+    """End to end: two completions per passage and sampled answer repeats give the paper's
+    instantiation and evaluation noise, from the env's own results."""
+    repo = Path(__file__).resolve().parents[1]
+    assert main(["benchmark", "--config", str(repo / "configs" / "benchmark_measures_cpu.yaml"),
+                 f"env.model={tiny_model_dir}", "env.dtype=float32", "env.passages=[6, 7]",
+                 "tuning_passages=0:2", "env.completion_max_tokens=8", "env.answer_max_tokens=4",
+                 "env.answer_samples=2", "env.answer_temperature=0.7",
+                 "env.baseline_cache=null", "agents=[passage, implications]",
+                 "resamples=200", f"output_dir={tmp_path}", "progress=false",
+                 "tensorboard=false"]) == 0
+    bench = tmp_path / "measures_cpu"
+    records = [json.loads(x) for x in (bench / "run" / "steps.jsonl").read_text().splitlines()]
+    results = [r for rec in records for r in rec["results"]]
+    assert len(results) == 8 and all(len(r["repeat_accuracy"]) == 2 for r in results)
+    rows = {m["agent"]: m for m in json.loads((bench / "summary.json").read_text())
+            ["measures"]["agents"]}
+    for agent in ("passage", "implications"):
+        mine = [r for rec in records if rec["agent"] == agent for r in rec["results"]]
+        spread = sum(abs(r["repeat_accuracy"][0] - r["repeat_accuracy"][1]) / 2
+                     for r in mine) / len(mine)  # population sd of two values
+        assert rows[agent]["repeats"] == 2 and rows[agent]["completions"] == 2
+        assert rows[agent]["evaluation_noise"] == pytest.approx(spread)
+        assert rows[agent]["instantiation_noise"] is not None
+    assert "not measured" not in (bench / "report.md").read_text().split(
+        "## Template-search measures")[1].split("## Plots")[0]
