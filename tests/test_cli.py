@@ -150,3 +150,14 @@ def test_flag_commands_share_the_loader(tmp_path, capsys) -> None:
     out = tmp_path / "table.md"
     assert main(["recitation", "--passages", "0:1", "--output", str(out)]) == 0
     assert out.read_text().startswith(capsys.readouterr().out.splitlines()[0])
+
+
+def test_graders_command_prints_the_label_agreement(capsys) -> None:
+    """`selfedit graders --labels FILE` (issue 12): every grader's kappa against the labels."""
+    from pathlib import Path
+
+    labels = Path(__file__).resolve().parents[1] / "results" / "grader_validity" / "labels.jsonl"
+    assert main(["graders", "--labels", str(labels)]) == 0
+    out = capsys.readouterr().out
+    assert "| committed | all" in out and "kappa" in out.lower()
+    assert main(["graders", "--labels", "/no/such/labels.jsonl"]) == 2

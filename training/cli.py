@@ -60,6 +60,13 @@ class RecitationArgs:
                               "('embedded', a path or hub id) or an OpenAI-compatible base "
                               "URL (http...)")
     judge_model: str = param("gpt-4.1", "model name for an endpoint judge")
+    end_to_end: str | None = param(None, "instead of scoring answers: train the fact-list "
+                                   "attacks into the model through the env (both action "
+                                   "modes) and write the table to this directory (resumes "
+                                   "row by row)")
+    epochs: int | None = param(None, "end to end: epochs of every update (default SEAL's 10)")
+    regrade: bool = param(False, "end to end: re-grade the rows already in the directory "
+                          "with today's graders, training nothing")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -85,6 +92,10 @@ def _parser() -> argparse.ArgumentParser:
     rec.add_argument("--config", type=Path, help="YAML file with the keys below")
     _add_dataclass_flags(rec, RecitationArgs)
     rec.add_argument("overrides", nargs="*", help="key=value overrides, e.g. passages=0:20")
+
+    from selfedit.training.graders import add_subcommand as add_graders
+
+    add_graders(sub)
 
     bench = sub.add_parser(
         "benchmark", help="agents side by side on equal budgets: table with CIs, paired "
@@ -197,12 +208,17 @@ def _bench(args: argparse.Namespace, argv: list[str]) -> int:
     return 0
 
 
-def _recitation(args: argparse.Namespace) -> int:
+def _recitation(args: argparse.Namespace, argv: list[str]) -> int:
     from selfedit.training.experiment import load_experiment
-    from selfedit.training.recitation import recitation_report
+    from selfedit.training.recitation import end_to_end_command, recitation_report
 
     cfg = load_experiment(RecitationArgs, args.config, args.overrides,
                           values=_flag_values(args, RecitationArgs))
+    if cfg.end_to_end:
+        print(end_to_end_command(cfg.corpus, cfg.passages, Path(cfg.end_to_end),
+                                 epochs=cfg.epochs, regrade_only=cfg.regrade,
+                                 command=shlex.join(["selfedit", *argv])))
+        return 0
     judge = _judge(cfg.judge, cfg.judge_model) if cfg.judge else None
     table = recitation_report(cfg.corpus, cfg.passages, judge=judge)
     print(table)
@@ -476,7 +492,11 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command in ("train", "continual"):
             return _training(args, words)
         elif args.command == "recitation":
-            return _recitation(args)
+            return _recitation(args, words)
+        elif args.command == "graders":
+            from selfedit.training.graders import main as graders
+
+            return graders(args)
     except (ConfigError, TemplateError, FileNotFoundError) as err:
         print(f"selfedit: error: {err}", file=sys.stderr)
         return 2
