@@ -2,6 +2,7 @@
 
     python results/grader_validity/make_items.py           # batch 1: items.jsonl
     python results/grader_validity/make_items.py --fresh   # batch 2: fresh.jsonl
+    python results/grader_validity/make_items.py --third   # batch 3: third.jsonl
 
 Every item is one (question, gold answers, answer) with its passage, drawn with a fixed seed:
 
@@ -14,6 +15,13 @@ Every item is one (question, gold answers, answer) with its passage, drawn with 
   first sentence holds a gold answer (the hard cases for a grader): batch 1 two per
   strategy on the embedded corpus and on SQuAD dev passages 0-99, batch 2 one per strategy
   on the embedded corpus and on SQuAD dev passages 100-199.
+
+Batch 3 (seed 14, the second held-out set ``heldout2``) was drawn after ``committed`` was
+revised a second time: adapted answers only from the runs committed that day
+(results/operators_cpu__*, results/cpt_cpu__*, results/measures_cpu and the end-to-end red
+team's rows, results/redteam_e2e/rows.jsonl; results/continual_gated_cpu__* keeps no
+answers), red-team answers (the positional reciters included) on the embedded corpus and on
+SQuAD dev passages 200-299, excluding every (question, answer) of batches 1 and 2.
 
 Batch 1 (seed 12, 256 items) was split at random into halves ``tune`` and ``tune2`` (first
 called ``heldout``; see rubric.md for why it was renamed). Batch 2 (seed 13, the held-out
@@ -38,7 +46,7 @@ from typing import Any
 
 from selfedit.envs.corpus import Corpus, load_corpus
 from selfedit.envs.grading import normalize_answer, shorten_answer
-from selfedit.training.recitation import STRATEGIES
+from selfedit.training.recitation import POSITIONAL, STRATEGIES
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -55,6 +63,14 @@ BATCHES: dict[str, dict[str, Any]] = {
                                    "embedded-base": (0, 5), "squad-base": (5, 10)},
               "squad_red_team": "100:200", "per_strategy": 1, "out": "fresh.jsonl",
               "prefix": "w"},
+    "third": {"seed": 14, "plan": {"embedded-adapted": (30, 20), "squad-adapted": (0, 0),
+                                   "embedded-base": (0, 10), "squad-base": (0, 0)},
+              "squad_red_team": "200:300", "per_strategy": 1, "out": "third.jsonl",
+              "prefix": "x", "split": "heldout2", "positional": True,
+              "sources": ("results/operators_cpu__*/steps.jsonl",
+                          "results/cpt_cpu__*/steps.jsonl",
+                          "results/measures_cpu/run/steps.jsonl",
+                          "results/redteam_e2e/rows.jsonl")},
 }
 
 
@@ -63,13 +79,33 @@ def _mentions(answer: str, golds: list[str]) -> bool:
     return any(f" {g} " in text for g in map(normalize_answer, golds) if g)
 
 
-def _pools() -> dict[str, dict[tuple[str, str], dict[str, Any]]]:
+def _e2e_records(path: str) -> list[dict[str, Any]]:
+    """The end-to-end red team's rows (results/redteam_e2e/rows.jsonl) as step records."""
+    corpus = load_corpus("embedded")
+    records = []
+    for line in open(path, encoding="utf-8"):
+        row = json.loads(line)
+        if row.get("error"):
+            continue  # nothing was trained: its answers are no_training's
+        p = corpus.by_id(row["passage_id"])
+        records.append({"agent": row["strategy"], "results": [{
+            "passage_id": row["passage_id"], "answers": row["answers"],
+            "questions": [q.question for q in p.questions],
+            "golds": [list(q.answers) for q in p.questions]}]})
+    return records
+
+
+def _pools(sources: tuple[str, ...] = ("results/**/steps.jsonl",),
+           ) -> dict[str, dict[tuple[str, str], dict[str, Any]]]:
     """Every distinct (question, answer) of the committed runs, by group."""
     pools: dict[str, dict[tuple[str, str], dict[str, Any]]] = {}
-    for path in sorted(glob.glob(str(REPO / "results" / "**" / "steps.jsonl"), recursive=True)):
+    paths = sorted({p for pattern in sources
+                    for p in glob.glob(str(REPO / pattern), recursive=True)})
+    for path in paths:
         rel = str(Path(path).relative_to(REPO))
-        for line in open(path, encoding="utf-8"):
-            record = json.loads(line)
+        records = (_e2e_records(path) if path.endswith("rows.jsonl")
+                   else map(json.loads, open(path, encoding="utf-8")))
+        for record in records:
             for result in record.get("results") or []:
                 corpus = "embedded" if result["passage_id"].startswith("embedded") else "squad"
                 for kind in ("answers", "base_answers"):
@@ -101,8 +137,8 @@ def draw(batch: str) -> None:
     spec = BATCHES[batch]
     corpora: dict[str, Corpus] = {"embedded": load_corpus("embedded"),
                                   "squad_v1.1_dev_seal": load_corpus(SQUAD)}
-    exclude = _labelled_keys() if batch == "fresh" else set()
-    pools = _pools()
+    exclude = _labelled_keys() if batch != "first" else set()
+    pools = _pools(spec.get("sources", ("results/**/steps.jsonl",)))
     rng = random.Random(spec["seed"])
     chosen: list[dict[str, Any]] = []
 
@@ -111,6 +147,8 @@ def draw(batch: str) -> None:
         return list(p.questions[e["qi"]].answers)
 
     for group, (mentioning, uniform) in spec["plan"].items():
+        if not mentioning + uniform:
+            continue
         entries = sorted(pools[group].values(), key=lambda e: (e["source"], e["passage_id"],
                                                                  e["qi"], e["answer"]))
         entries = [e for e in entries
@@ -123,7 +161,8 @@ def draw(batch: str) -> None:
     red_team = (("embedded", corpora["embedded"]),
                 ("squad", corpora["squad_v1.1_dev_seal"].select(spec["squad_red_team"])))
     for name, corpus in red_team:
-        for strategy, (_, fn) in STRATEGIES.items():
+        strategies = dict(STRATEGIES) | (dict(POSITIONAL) if spec.get("positional") else {})
+        for strategy, (_, fn) in strategies.items():
             candidates = []
             for passage in corpus:
                 for qi, q in enumerate(passage.questions):
@@ -147,11 +186,11 @@ def draw(batch: str) -> None:
                 e["split"] = "tune" if k % 2 == 0 else "tune2"
     else:
         for e in chosen:
-            e["split"] = "heldout"
+            e["split"] = spec.get("split", "heldout")
     rng.shuffle(chosen)
     passages_path = HERE / "passages.json"
     passages: dict[str, dict[str, Any]] = (
-        json.loads(passages_path.read_text(encoding="utf-8")) if batch == "fresh"
+        json.loads(passages_path.read_text(encoding="utf-8")) if batch != "first"
         and passages_path.is_file() else {})
     items = []
     for n, e in enumerate(chosen, 1):
@@ -195,4 +234,7 @@ def golds_and_question(corpora: dict[str, Corpus], e: dict[str, Any]) -> tuple[l
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--fresh", action="store_true", help="draw batch 2 (the held-out set)")
-    draw("fresh" if parser.parse_args().fresh else "first")
+    parser.add_argument("--third", action="store_true",
+                        help="draw batch 3 (the second held-out set, heldout2)")
+    options = parser.parse_args()
+    draw("third" if options.third else "fresh" if options.fresh else "first")
