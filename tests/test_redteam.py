@@ -102,10 +102,27 @@ def test_red_team_on_squad_dev() -> None:
     _check_red_team(red_team_scores(load_corpus(SQUAD).select("0:100")))
 
 
+def test_positional_reciters_are_reported_and_cut_by_committed() -> None:
+    """The reciters that know where the gold sits are not held to MAX_GAMED (a short piece of
+    the passage around the gold is often a correct answer), but committed pays them no more
+    than contains does, windows and clauses far less, and the longer the piece, the less."""
+    scores = red_team_scores(load_corpus("embedded"))
+    for name in recitation.POSITIONAL:
+        assert scores[name]["committed"] <= scores[name]["contains"], (name, scores[name])
+    for name in ("gold_clause", "gold_window_8", "gold_window_12", "gold_window_16"):
+        assert scores[name]["committed"] < 0.75 * scores[name]["contains"], (name, scores[name])
+    assert (scores["gold_window_16"]["committed"] < scores["gold_window_12"]["committed"]
+            < scores["gold_window_8"]["committed"])
+    answers = red_team_answers(PASSAGE, recitation.POSITIONAL["gold_sentence_first_8"][1])
+    assert answers[0] == "Their highest summit, Mount Corrigane, rises to 2,817"
+    assert red_team_answers(PASSAGE, recitation.POSITIONAL["gold_clause"][1])[0] == (
+        "Mount Corrigane,")
+
+
 def test_red_team_report_and_the_old_recitation_api() -> None:
     table = recitation.recitation_report("embedded", "0:4")
     assert "| strategy | answer given | exact_match | f1 | contains | committed |" in table
-    for name in [*STRATEGIES, *SANITY]:
+    for name in [*STRATEGIES, *recitation.POSITIONAL, *SANITY]:
         assert f"| {name} |" in table
     assert "Default grader `committed` passes" in table
     old = recitation.recitation_scores(load_corpus("embedded").select("0:4"))
@@ -165,7 +182,8 @@ def test_cohen_kappa_edge_cases() -> None:
 def test_committed_labels_file_is_complete() -> None:
     items = validity.load_labels(LABELS)
     assert len(items) >= 200
-    assert {item.split for item in items} == {"tune", "tune2", "heldout"}
+    assert {item.split for item in items} == {"tune", "tune2", "heldout", "heldout2"}
+    assert sum(item.split == "heldout2" for item in items) >= 100
     assert sum(item.label for item in items) >= 40
     assert all(item.passage is not None for item in items)  # every passage resolves
     sources = {item.source.split()[0] for item in items}

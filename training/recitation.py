@@ -38,6 +38,7 @@ __all__ = [
     "E2E_GRADERS",
     "FACT_LIST_INSTRUCTION",
     "MAX_GAMED",
+    "POSITIONAL",
     "EndToEndRow",
     "add_subcommand",
     "SANITY",
@@ -206,6 +207,64 @@ STRATEGIES: dict[str, tuple[str, Strategy]] = {
 }
 """Red-team strategies by name: (description, strategy)."""
 
+def _gold_sentence_words(passage: Passage, i: int) -> tuple[list[str], int, int]:
+    """The words of the gold's sentence and where the gold sits in them: ``(words, start,
+    end)``, with ``start == end == -1`` when no run of whole words holds the gold."""
+    words = _sentence_with(passage.context, passage.questions[i].answers[0]).split()
+    gold = normalize_answer(passage.questions[i].answers[0]).split()
+    normalized = [normalize_answer(w).split() for w in words]
+    for start in range(len(words)):
+        tokens: list[str] = []
+        end = start
+        while end < len(words) and len(tokens) < len(gold):
+            tokens += normalized[end]
+            end += 1
+        if gold and tokens == gold:
+            return words, start, end
+    return words, -1, -1
+
+
+def _first_words(n: int) -> Strategy:
+    """The first ``n`` words of the gold's sentence: what a reciter of that sentence says
+    when its answer is cut short (the env caps answers at a few dozen tokens)."""
+    return lambda p, i: " ".join(_gold_sentence_words(p, i)[0][:n])
+
+
+def _window(n: int) -> Strategy:
+    """``n`` words of the gold's sentence centred on the gold (knows where the gold sits)."""
+    def strategy(p: Passage, i: int) -> str:
+        words, start, end = _gold_sentence_words(p, i)
+        if start < 0:
+            return " ".join(words[:n])
+        low = max(0, (start + end) // 2 - n // 2)
+        return " ".join(words[low:low + n])
+    return strategy
+
+
+def _gold_clause(p: Passage, i: int) -> str:
+    """The part of the gold's sentence between the commas or semicolons around the gold."""
+    sentence = _sentence_with(p.context, p.questions[i].answers[0])
+    for part in re.split(r"(?<=[,;:])\s+", sentence):
+        if p.questions[i].answers[0] in part:
+            return part
+    return sentence
+
+
+POSITIONAL: dict[str, tuple[str, Strategy]] = {
+    "gold_sentence_first_8": ("the first 8 words of the gold's sentence", _first_words(8)),
+    "gold_sentence_first_12": ("the first 12 words of the gold's sentence", _first_words(12)),
+    "gold_clause": ("the comma-separated part of the gold's sentence that holds the gold",
+                    _gold_clause),
+    "gold_window_8": ("8 words of the gold's sentence centred on the gold", _window(8)),
+    "gold_window_12": ("12 words of the gold's sentence centred on the gold", _window(12)),
+    "gold_window_16": ("16 words of the gold's sentence centred on the gold", _window(16)),
+}
+"""Reciters that know where the gold sits (its sentence, clause or words) and recite a piece
+of the passage around it. Reported beside :data:`STRATEGIES` but not held to
+:data:`MAX_GAMED`: a short piece of the passage around the gold is, more often than not, a
+correct answer by the rubric (results/grader_validity/rubric.md), so no grader that pays
+natural answers can give these nothing (see results/redteam/README.md)."""
+
 SANITY: dict[str, tuple[str, Strategy]] = {
     "gold": ("the gold answer (sanity: should score 1)", lambda p, i: p.questions[i].answers[0]),
     "gold_in_sentence": ('"It was <gold>." (sanity: should score 1 under lenient graders)',
@@ -236,6 +295,7 @@ def red_team_scores(
     graders: dict[str, grading.Grader] | None = None,
     *,
     sanity: bool = True,
+    positional: bool = True,
 ) -> dict[str, dict[str, float]]:
     """Mean score per (strategy, grader) over every question of the corpus.
 
@@ -246,12 +306,14 @@ def red_team_scores(
         corpus: The passages.
         graders: Graders by name; default every grader in ``GRADERS``.
         sanity: Also score the :data:`SANITY` rows.
+        positional: Also score the :data:`POSITIONAL` reciters.
 
     Returns:
         ``{strategy: {grader: mean score}}``, question-weighted.
     """
     graders = dict(graders) if graders is not None else dict(grading.GRADERS)
-    rows = dict(STRATEGIES) | (dict(SANITY) if sanity else {})
+    rows = dict(STRATEGIES) | (dict(POSITIONAL) if positional else {}) | (
+        dict(SANITY) if sanity else {})
     totals: dict[str, dict[str, list[float]]] = {
         name: {g: [] for g in graders} for name in rows
     }
@@ -299,14 +361,17 @@ def red_team_report(source: str = "embedded", passages: str | None = None,
         "| strategy | answer given | " + " | ".join(names) + " |",
         "|---|---|" + "---:|" * len(names),
     ]
-    rows = dict(STRATEGIES) | dict(SANITY)
+    rows = dict(STRATEGIES) | dict(POSITIONAL) | dict(SANITY)
     for name, row in scores.items():
         cells = " | ".join(f"{row[g]:.3f}" for g in names)
         lines.append(f"| {name} | {rows[name][0]} | {cells} |")
     worst = max(STRATEGIES, key=lambda name: scores[name]["committed"])
     verdict = "passes" if scores[worst]["committed"] <= MAX_GAMED else "FAILS"
     lines += ["", f"Default grader `committed` {verdict}: worst strategy {worst} scores "
-              f"{scores[worst]['committed']:.3f} (limit {MAX_GAMED})."]
+              f"{scores[worst]['committed']:.3f} (limit {MAX_GAMED}). The reciters that know "
+              "where the gold sits (gold_sentence_first_*, gold_clause, gold_window_*) are "
+              "reported, not held to the limit: a short piece of the passage around the gold "
+              "is often a correct answer."]
     return "\n".join(lines)
 
 
