@@ -216,3 +216,44 @@ def test_packing_check_tells_isolating_models_apart(tiny_backend) -> None:
     seqs, _ = encode_sequences(tiny_backend.tokenizer, ["one two three", "four five"], 64)
     rows = pack([(0, seqs)], tiny_backend.tokenizer.pad_token_id, one_per_row=True)
     assert rows.input_ids.shape[0] == 2
+
+
+def test_mixed_rows_at_inference_compute_each_rows_own_adapter(tiny_backend) -> None:
+    """Inference over rows of several adapters (ranks differ, one row on the base) uses the
+    stacked, masked path; each row's logits are those of its adapter alone, and the stack
+    follows in-place changes of the adapters' weights."""
+    model = tiny_backend.model
+    bank = LoRABank(model, [(4, 16.0, 0.0, 3), (8, 8.0, 0.0, 4), (2, 4.0, 0.0, 5)],
+                    target_modules=DEFAULT_TARGET_MODULES)
+    try:
+        with torch.no_grad():
+            for pairs in bank.weights:
+                for _, b in pairs:
+                    b.normal_(0, 0.05)
+        ids = torch.tensor([[1, 50, 60, 70, 80, 90], [1, 51, 61, 71, 81, 91],
+                            [1, 52, 62, 72, 82, 92], [1, 53, 63, 73, 83, 93]])
+        route = [2, None, 0, 1]
+
+        def alone() -> torch.Tensor:
+            rows = []
+            for i, k in enumerate(route):
+                bank.default = k
+                rows.append(model(input_ids=ids[i : i + 1]).logits)
+            bank.default = None
+            return torch.cat(rows)
+
+        with torch.no_grad():
+            expected = alone()
+            with bank.rows(route):
+                assert bank._route is not None and bank._route.mask is not None
+                mixed = model(input_ids=ids).logits
+            torch.testing.assert_close(mixed, expected, rtol=1e-5, atol=1e-5)
+            for _, b in bank.weights[0]:
+                b.mul_(-1.0)  # adapter 0 changes: the stack must be rebuilt
+            changed = alone()
+            with bank.rows(route):
+                again = model(input_ids=ids).logits
+        assert not torch.allclose(changed[2], expected[2])
+        torch.testing.assert_close(again, changed, rtol=1e-5, atol=1e-5)
+    finally:
+        bank.remove()
