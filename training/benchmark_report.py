@@ -3,6 +3,9 @@
 
 ``selfedit benchmark --report-only <dir>`` calls :func:`write_report`; so does the runner
 when its runs are done. The papers' figures appear in their own section, marked as quoted.
+
+Size (~510 lines): the report's sections in document order (results, comparisons,
+noise, power, quoted figures, provenance), each a short function.
 """
 
 from __future__ import annotations

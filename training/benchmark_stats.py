@@ -5,6 +5,9 @@ reached on one passage (averaged over its completions). Every agent must have sp
 budget of env evaluations on the same units (:func:`check_budgets`), so every comparison is
 paired (:func:`compare`: a paired bootstrap and an exact sign test from
 :mod:`~selfedit.training.stats`).
+
+Size (~530 lines): every statistic of the benchmark report (budget checks, paired
+comparisons, noise, power) in one place, so the report and `--plan` compute alike.
 """
 
 from __future__ import annotations

@@ -30,6 +30,10 @@ Outputs: ``forgetting.json``, ``forgetting.csv`` (first sequence, passage ids as
 the first policy's results are the top-level ones, and with several policies
 ``forgetting.json["policies"]`` holds each one's, ``forgetting_policies.csv`` every cell of
 every policy side by side, and ``forgetting.md`` a matrix whose cells read ``ungated / gated``.
+
+Size (~560 lines): the continual run is one loop whose pieces share its state (the
+model written in place, the gate, the forgetting matrix and its files); split, each part
+would take the whole state as arguments.
 """
 
 from __future__ import annotations

@@ -17,6 +17,9 @@ the update), ``gain``, ``normalized_gain``, ``metrics`` and ``base_metrics`` (th
 ``passage_id``, ``accuracy``, ``base_accuracy``, ``metrics`` and ``base_metrics``); an
 invalid step reports ``error`` and ``passage_ids``. Step records, TensorBoard scalars and the
 benchmark's units are built from these fields alone.
+
+Size (~530 lines): one class per env kind (SQuAD, ARC), each the complete contract a
+run, the benchmark and ReST-EM rely on; side by side they show what differs between kinds.
 """
 
 from __future__ import annotations

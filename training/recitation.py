@@ -12,6 +12,11 @@ that the graders still pay real answers.
 
 ``selfedit recitation`` prints the table (the command's old two reciters are the rows
 ``passage`` and ``gold_sentence``); :func:`red_team_report` builds it.
+
+Size (~700 lines): the red team is one unit, kept together so that a strategy, its
+scoring and its rows in the table change in one place: the knowledge-free and positional
+strategies (~250 lines of small functions), scoring them under every grader, the
+end-to-end runner that trains on them, and the tables.
 """
 
 from __future__ import annotations

@@ -38,6 +38,9 @@ finished env evaluation. The shared parts live beside this file: the config fiel
 policy run (:mod:`~selfedit.training.policy_config`), sampling (:mod:`~selfedit.training
 .policy`), scoring and its cache (:mod:`~selfedit.training.evaluation`) and the M-step
 (:mod:`~selfedit.training.sft`).
+
+Size (~510 lines): one ReST-EM iteration (sample, evaluate, filter, fine-tune, held-out
+evaluation, resume) reads top to bottom; its config is in this file for the same reason.
 """
 
 from __future__ import annotations
