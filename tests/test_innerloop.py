@@ -43,6 +43,7 @@ def test_bench_measures_batched_sequential_and_reference(tiny_model_dir, tmp_pat
     assert sum(report["profile"][1]["share"].values()) == pytest.approx(1.0)
     saved = json.loads((tmp_path / "out" / "report.json").read_text())
     assert saved["evaluations"][1]["k"] == 4
+    assert "partial" not in saved  # the checkpoints of a run are replaced by the whole report
     text = (tmp_path / "out" / "report.md").read_text()
     for part in ("evaluations / hour", "SEAL-style", "FLOP fraction", "## Targets", "float32"):
         assert part in text
@@ -76,3 +77,24 @@ def test_bad_settings_are_named(kwargs, message) -> None:
 def test_cli_reports_a_missing_report_in_one_line(capsys, tmp_path) -> None:
     assert main(["bench", "inner-loop", "--report-only", str(tmp_path)]) == 2
     assert "report.json does not exist" in capsys.readouterr().err
+
+
+def test_a_run_killed_late_keeps_what_it_measured(tiny_model_dir, tmp_path, monkeypatch) -> None:
+    """Measurements are checkpointed section by section: a failure in the generation section
+    (standing in for the out-of-memory kill of 2026-12-01) leaves sections (a) and (b)."""
+    import selfedit.training.innerloop as il
+
+    def boom(*_args, **_kwargs):
+        raise MemoryError("simulated")
+
+    monkeypatch.setattr(il, "generation_rates", boom)
+    cfg = InnerLoopConfig(model=str(tiny_model_dir), dtype="float32", passages="0:1",
+                          templates=["passage"], ks=[1, 2], reference_requests=0, num_epochs=1,
+                          completion_max_tokens=8, matmul_size=64, matmul_seconds=0.1,
+                          output=str(tmp_path / "out"), threads=1, profile=False)
+    with pytest.raises(MemoryError):
+        run_inner_loop_bench(cfg, command="test", log=lambda *_: None)
+    saved = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert saved["partial"] == "b"
+    assert [r["k"] for r in saved["evaluations"]] == [1, 2]
+    assert saved["inner_loop"]["lean"]["requests"] == 1

@@ -421,6 +421,7 @@ def run_inner_loop_bench(cfg: InnerLoopConfig, *, command: str = "",
         row.pop("infos")
     report["evaluations"] = [rows[k] for k in sorted(rows)]
 
+    _checkpoint(cfg, report, "a")
     big = max(cfg.ks)
     log(f"(b) inner loop on fixed sequences: lean K=1 and K={big}")
     report["inner_loop"] = {"lean": inner_loop(env, items, 1),
@@ -432,15 +433,20 @@ def run_inner_loop_bench(cfg: InnerLoopConfig, *, command: str = "",
                                                              cfg.micro_batch_size, cfg.pad_to)
         report["inner_loop"]["reference_requests"] = n_ref
 
+    _checkpoint(cfg, report, "b")
     log("(d) generation: batched versus one by one")
     prompts = [cfg_prompt(human_baseline(name).data_creation_instruction, p)
                for name in cfg.templates[:2] for p in env.corpus]
     report["generation"] = generation_rates(env, prompts[: min(8, len(prompts))],
                                             cfg.completion_max_tokens, cfg.seed)
+    _checkpoint(cfg, report, "d")
     if cfg.profile:
-        log("(e) profile: K=1 and batched training, one epoch each")
+        # Profiled at K <= 8: the profiler keeps every op's event, and at K=16 one epoch's
+        # events (plus the model) grew past 24 GiB and the run was killed (2026-12-01).
+        k_prof = min(big, 8, len(items))
+        log(f"(e) profile: K=1 and K={k_prof} training, one epoch each")
         report["profile"] = [profile_training(env, items[:1]),
-                             profile_training(env, items[: min(big, len(items))])]
+                             profile_training(env, items[:k_prof])]
     report["peak_rss_mib"] = peak_rss_mib()
     # The peak is read again at the end and the higher kept: on a shared machine one
     # reading can be low, which would flatter every FLOP fraction.
@@ -456,6 +462,17 @@ def run_inner_loop_bench(cfg: InnerLoopConfig, *, command: str = "",
     log("\n" + text)
     log(f"written: {out / 'report.md'}, {out / 'report.json'}")
     return report
+
+
+def _checkpoint(cfg: InnerLoopConfig, report: dict[str, Any], section: str) -> None:
+    """Write what is measured so far to ``report.json`` (``partial`` names the last section
+    done), so a run killed later (out of memory, out of time) keeps its measurements; the
+    finished run overwrites it with the whole report."""
+    from selfedit.training.jsonio import write_json_atomic
+
+    out = Path(cfg.output)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "report.json", {**report, "partial": section})
 
 
 def _flags() -> list[str]:
