@@ -288,7 +288,7 @@ class HFBackend:
         tokenizer: Any = None,
         dtype: str = "float32",
         device: str | None = None,
-        batch_size: int = 32,
+        batch_size: int = 16,
         chat: bool = True,
         attn_implementation: str | None = None,
     ) -> None:

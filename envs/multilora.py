@@ -69,9 +69,6 @@ class _Route:
     groups: tuple[tuple[int, torch.Tensor], ...]  # (adapter, indices), indices in its order
     index: torch.Tensor | None  # all groups' indices concatenated (one index_add)
     single: int | None = None  # every position belongs to this adapter: no gather needed
-    # Inference over mixed rows: (B, 1, sum of ranks) 0/1 mask selecting each row's own
-    # adapter's columns of the stacked A (see LoRABank._stacked).
-    mask: torch.Tensor | None = None
 
 
 class LoRABank:
@@ -129,8 +126,6 @@ class LoRABank:
         self._route: _Route | None = None
         self._handles = [module.register_forward_hook(self._hook(m))
                          for m, (_, module) in enumerate(self.modules)]
-        self._stack: tuple[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]]] | None = None
-        self._cast_memo: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def __len__(self) -> int:
         return len(self.weights)
@@ -151,15 +146,11 @@ class LoRABank:
     def rows(self, adapters: Sequence[int | None]) -> Iterator[None]:
         """Route row ``i`` of every forward pass in the block through ``adapters[i]``."""
         previous = self._route
-        route = self._make_route(adapters, flat=False)
-        if route.groups and not torch.is_grad_enabled() and not self.training:
-            route = self._masked(route, len(adapters))
-        self._route = route
+        self._route = self._make_route(adapters, flat=False)
         try:
             yield
         finally:
             self._route = previous
-            self._cast_memo = None
 
     @contextlib.contextmanager
     def tokens(self, groups: Sequence[tuple[int, torch.Tensor]]) -> Iterator[None]:
@@ -173,7 +164,6 @@ class LoRABank:
             yield
         finally:
             self._route = previous
-            self._cast_memo = None
 
     def _make_route(self, adapters: Sequence[int | None], *, flat: bool) -> _Route:
         ids = [-1 if a is None else int(a) for a in adapters]
@@ -190,61 +180,15 @@ class LoRABank:
         index = torch.cat([idx for _, idx in groups]) if groups else None
         return _Route(flat, tuple(groups), index)
 
-    def _masked(self, route: _Route, batch: int) -> _Route:
-        """Inference over rows of several adapters: every adapter's A stacked into one
-        (sum of ranks, in) matrix and its B (scaled) into one (out, sum of ranks), so a
-        hook computes all rows with two matmuls and a 0/1 mask instead of a gather, two
-        matmuls and a scatter per adapter (decoding is dominated by per-op overhead; the
-        masked columns add exact zeros). Measured: 6 adapters answering together
-        (``selfedit bench inner-loop``)."""
-        self._stacked()  # built (or reused) here, read by the hooks
-        offsets = [0]
-        for rank in self.ranks:
-            offsets.append(offsets[-1] + rank)
-        device = self.modules[0][1].weight.device
-        mask = torch.zeros(batch, 1, offsets[-1], device=device, dtype=torch.float32)
-        for k, idx in route.groups:
-            mask[idx, :, offsets[k] : offsets[k + 1]] = 1.0
-        return _Route(False, route.groups, route.index, mask=mask)
-
-    def _stacked(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Per module, (A of every adapter stacked, scaled B of every adapter side by side);
-        rebuilt when any adapter tensor changed in place (tensor versions)."""
-        versions = tuple(t._version for pairs in self.weights for pair in pairs for t in pair)
-        if self._stack is None or self._stack[0] != versions:
-            with torch.no_grad():
-                stacked = []
-                for m in range(len(self.modules)):
-                    a = torch.cat([self.weights[k][m][0] for k in range(len(self))])
-                    b = torch.cat([self.weights[k][m][1] * self.scalings[k]
-                                   for k in range(len(self))], dim=1)
-                    stacked.append((a, b))
-            self._stack = (versions, stacked)
-        return self._stack[1]
-
     # -- the forward hook ---------------------------------------------------------------
-    def _cast(self, x: torch.Tensor) -> torch.Tensor:
-        """``x`` in float32 (the adapters' dtype). q/k/v (and gate/up) read the same input
-        one after another: a bf16 base casts it once for them, not once per module."""
-        if x.dtype == torch.float32:
-            return x
-        memo = self._cast_memo
-        if memo is not None and memo[0] is x:
-            return memo[1]
-        h = x.float()
-        self._cast_memo = (x, h)
-        return h
-
     def _delta(self, k: int, m: int, x: torch.Tensor) -> torch.Tensor:
         a, b = self.weights[k][m]
-        h = self._cast(x)
+        h = x.to(a.dtype)
         p = self.dropouts[k]
         if self.training and p > 0:
             keep = torch.empty_like(h).bernoulli_(1.0 - p, generator=self._dropout_gens[k])
             h = h * keep / (1.0 - p)
-        # The scaling multiplies the rank-r activations, not the (..., out) result: fewer
-        # elements, same value.
-        return F.linear(F.linear(h, a) * self.scalings[k], b)  # (..., r) -> (..., out)
+        return F.linear(F.linear(h, a), b) * self.scalings[k]  # (..., r) -> (..., out)
 
     def _hook(self, m: int) -> Any:
         def hook(module: torch.nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> Any:
@@ -258,11 +202,6 @@ class LoRABank:
                 return output + self._delta(route.single, m, x).to(output.dtype)
             if route.index is None:
                 return None
-            if route.mask is not None:  # inference, mixed rows: stacked adapters, masked
-                a, b = self._stack[1][m]  # type: ignore[index]  # built by _masked
-                h = F.linear(self._cast(x), a) * route.mask
-                return output + F.linear(h, b).to(output.dtype)
-            x = self._cast(x)  # once, before the per-adapter gathers
             if route.flat:
                 xs, out = x.reshape(-1, x.shape[-1]), output.reshape(-1, output.shape[-1])
             else:
