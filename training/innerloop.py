@@ -376,7 +376,6 @@ def run_inner_loop_bench(cfg: InnerLoopConfig, *, command: str = "",
     """Run every measurement; write ``report.md`` and ``report.json``; return the report."""
     from selfedit.envs.precision import machine_precision
     from selfedit.training.innerloop_report import report_markdown
-    from selfedit.training.jsonio import write_json_atomic
     from selfedit.training.provenance import machine_description
 
     if cfg.threads:
@@ -454,9 +453,7 @@ def run_inner_loop_bench(cfg: InnerLoopConfig, *, command: str = "",
            for d in peaks}
     report["matmul_gflops_end"] = end
     report["matmul_gflops"] = {d: max(peaks[d], end[d]) for d in peaks}
-    out = Path(cfg.output)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "report.json", report)
+    out = _write_json(cfg, report)
     text = report_markdown(report)
     (out / "report.md").write_text(text)
     log("\n" + text)
@@ -464,15 +461,21 @@ def run_inner_loop_bench(cfg: InnerLoopConfig, *, command: str = "",
     return report
 
 
-def _checkpoint(cfg: InnerLoopConfig, report: dict[str, Any], section: str) -> None:
-    """Write what is measured so far to ``report.json`` (``partial`` names the last section
-    done), so a run killed later (out of memory, out of time) keeps its measurements; the
-    finished run overwrites it with the whole report."""
+def _write_json(cfg: InnerLoopConfig, report: dict[str, Any]) -> Path:
+    """Write ``report`` to ``<output>/report.json``; return the output directory."""
     from selfedit.training.jsonio import write_json_atomic
 
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "report.json", {**report, "partial": section})
+    write_json_atomic(out / "report.json", report)
+    return out
+
+
+def _checkpoint(cfg: InnerLoopConfig, report: dict[str, Any], section: str) -> None:
+    """Write what is measured so far to ``report.json`` (``partial`` names the last section
+    done), so a run killed later (out of memory, out of time) keeps its measurements; the
+    finished run overwrites it with the whole report."""
+    _write_json(cfg, {**report, "partial": section})
 
 
 def _flags() -> list[str]:
