@@ -39,6 +39,7 @@ from selfedit.envs.templates import Hyperparameters
 
 __all__ = [
     "AdapterRequest",
+    "HookedBank",
     "LoRABank",
     "PackedBatch",
     "TrainingSequence",
@@ -62,7 +63,7 @@ def _generator(seed: int, device: torch.device | None = None) -> torch.Generator
 
 
 @dataclass(frozen=True)
-class _Route:
+class Route:
     """Which rows (generation) or tokens (packed training) each adapter owns right now."""
 
     flat: bool  # True: indices into the (B*T) tokens; False: indices into the B rows
@@ -71,7 +72,94 @@ class _Route:
     single: int | None = None  # every position belongs to this adapter: no gather needed
 
 
-class LoRABank:
+class HookedBank:
+    """K adapters on target ``nn.Linear`` modules via forward hooks, routed per row or token.
+
+    What :class:`LoRABank` and :class:`~selfedit.envs.operators.SingularValueBank` share:
+    the joint training loop (:func:`train_adapters`) and the backend's row routing only use
+    this interface. A subclass sets ``self.modules`` and its adapters' tensors, implements
+    ``__len__``, ``parameters(k)``, ``_hook(m)`` (the forward hook of module m, which reads
+    :meth:`_active_route`) and ``merged_weights(k)``, then calls :meth:`_attach`.
+    """
+
+    modules: list[tuple[str, torch.nn.Linear]]
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def parameters(self, k: int) -> list[torch.nn.Parameter]:
+        raise NotImplementedError
+
+    def merged_weights(self, k: int) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def _hook(self, m: int) -> Any:
+        raise NotImplementedError
+
+    def _attach(self) -> None:
+        self.training = False  # dropout (where an adapter has any) only while training
+        self.default: int | None = None  # adapter of positions no route names (None: base)
+        self._route: Route | None = None
+        self._handles = [module.register_forward_hook(self._hook(m))
+                         for m, (_, module) in enumerate(self.modules)]
+
+    def remove(self) -> None:
+        """Detach every hook: the model computes exactly as before the bank existed."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        self._route = None
+
+    def _active_route(self) -> Route | None:
+        """The route of the current pass: the open ``rows``/``tokens`` block, else
+        ``default`` everywhere, else None (the base computes alone)."""
+        if self._route is not None:
+            return self._route
+        if self.default is None:
+            return None
+        return Route(False, (), None, single=self.default)
+
+    # -- routing ------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def rows(self, adapters: Sequence[int | None]) -> Iterator[None]:
+        """Route row ``i`` of every forward pass in the block through ``adapters[i]``."""
+        previous = self._route
+        self._route = self._make_route(adapters, flat=False)
+        try:
+            yield
+        finally:
+            self._route = previous
+
+    @contextlib.contextmanager
+    def tokens(self, groups: Sequence[tuple[int, torch.Tensor]]) -> Iterator[None]:
+        """Route flattened (B*T) token positions: ``groups`` = (adapter, positions)."""
+        previous = self._route
+        device = self.modules[0][1].weight.device
+        groups = tuple((k, idx.to(device)) for k, idx in groups if len(idx))
+        index = torch.cat([idx for _, idx in groups]) if groups else None
+        self._route = Route(True, groups, index)
+        try:
+            yield
+        finally:
+            self._route = previous
+
+    def _make_route(self, adapters: Sequence[int | None], *, flat: bool) -> Route:
+        ids = [-1 if a is None else int(a) for a in adapters]
+        for a in ids:
+            if a >= len(self):
+                raise IndexError(f"adapter {a} does not exist (the bank has {len(self)})")
+        if ids and all(a == ids[0] for a in ids) and ids[0] >= 0:
+            return Route(flat, (), None, single=ids[0])
+        device = self.modules[0][1].weight.device
+        groups = []
+        for k in sorted({a for a in ids if a >= 0}):
+            rows = [i for i, a in enumerate(ids) if a == k]
+            groups.append((k, torch.tensor(rows, dtype=torch.long, device=device)))
+        index = torch.cat([idx for _, idx in groups]) if groups else None
+        return Route(flat, tuple(groups), index)
+
+
+class LoRABank(HookedBank):
     """K LoRA adapters on the target ``nn.Linear`` modules of a model, via forward hooks.
 
     ``W x`` becomes ``W x + (alpha / r) * B A dropout(x)`` on the positions routed to an
@@ -121,11 +209,7 @@ class LoRABank:
                 b = torch.zeros(module.out_features, rank, device=device, dtype=torch.float32)
                 pairs.append((torch.nn.Parameter(a), torch.nn.Parameter(b)))
             self.weights.append(pairs)
-        self.training = False  # dropout on the adapters' inputs only while training
-        self.default: int | None = None  # adapter of positions no route names (None: base)
-        self._route: _Route | None = None
-        self._handles = [module.register_forward_hook(self._hook(m))
-                         for m, (_, module) in enumerate(self.modules)]
+        self._attach()
 
     def __len__(self) -> int:
         return len(self.weights)
@@ -133,52 +217,6 @@ class LoRABank:
     def parameters(self, k: int) -> list[torch.nn.Parameter]:
         """Adapter ``k``'s trainable tensors (A and B of every target module)."""
         return [p for pair in self.weights[k] for p in pair]
-
-    def remove(self) -> None:
-        """Detach every hook: the model computes exactly as before the bank existed."""
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
-        self._route = None
-
-    # -- routing ------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def rows(self, adapters: Sequence[int | None]) -> Iterator[None]:
-        """Route row ``i`` of every forward pass in the block through ``adapters[i]``."""
-        previous = self._route
-        self._route = self._make_route(adapters, flat=False)
-        try:
-            yield
-        finally:
-            self._route = previous
-
-    @contextlib.contextmanager
-    def tokens(self, groups: Sequence[tuple[int, torch.Tensor]]) -> Iterator[None]:
-        """Route flattened (B*T) token positions: ``groups`` = (adapter, positions)."""
-        previous = self._route
-        device = self.modules[0][1].weight.device
-        groups = tuple((k, idx.to(device)) for k, idx in groups if len(idx))
-        index = torch.cat([idx for _, idx in groups]) if groups else None
-        self._route = _Route(True, groups, index)
-        try:
-            yield
-        finally:
-            self._route = previous
-
-    def _make_route(self, adapters: Sequence[int | None], *, flat: bool) -> _Route:
-        ids = [-1 if a is None else int(a) for a in adapters]
-        for a in ids:
-            if a >= len(self):
-                raise IndexError(f"adapter {a} does not exist (the bank has {len(self)})")
-        if ids and all(a == ids[0] for a in ids) and ids[0] >= 0:
-            return _Route(flat, (), None, single=ids[0])
-        device = self.modules[0][1].weight.device
-        groups = []
-        for k in sorted({a for a in ids if a >= 0}):
-            rows = [i for i, a in enumerate(ids) if a == k]
-            groups.append((k, torch.tensor(rows, dtype=torch.long, device=device)))
-        index = torch.cat([idx for _, idx in groups]) if groups else None
-        return _Route(flat, tuple(groups), index)
 
     # -- the forward hook ---------------------------------------------------------------
     def _delta(self, k: int, m: int, x: torch.Tensor) -> torch.Tensor:
@@ -192,11 +230,9 @@ class LoRABank:
 
     def _hook(self, m: int) -> Any:
         def hook(module: torch.nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> Any:
-            route = self._route
+            route = self._active_route()
             if route is None:
-                if self.default is None:
-                    return None
-                route = _Route(False, (), None, single=self.default)
+                return None
             x = args[0]
             if route.single is not None:  # one adapter everywhere: no gather, no scatter
                 return output + self._delta(route.single, m, x).to(output.dtype)
@@ -480,7 +516,7 @@ def _forward_losses(
 
 
 def train_adapters(
-    bank: LoRABank,
+    bank: HookedBank,
     requests: Sequence[AdapterRequest],
     stats: Sequence[Any],
     *,
@@ -589,7 +625,7 @@ def _split_by_tokens(
     return groups
 
 
-def _joint_step(bank: LoRABank, group: list[tuple[_AdapterRun, list[int]]],
+def _joint_step(bank: HookedBank, group: list[tuple[_AdapterRun, list[int]]],
                 device: torch.device, pad: int, one_per_row: bool) -> None:
     """One packed forward/backward for a group of adapters; optimizer steps where due."""
     batch = pack([(run.k, [run.encoded[i] for i in idx]) for run, idx in group], pad,

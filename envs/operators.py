@@ -49,16 +49,21 @@ import torch.nn.functional as F  # noqa: N812 - the conventional name
 
 from selfedit.envs.multilora import (
     AdapterRequest,
+    HookedBank,
+    Route,
     TrainingSequence,
     _epoch_plan,  # shared with the LoRA loop: the same data order for the same seed
     _forward_losses,  # shared with the LoRA loop: loss only where labels are
     encode_sequences,
     pack,
     packing_isolates,
-    train_adapters,
 )
 from selfedit.envs.templates import OperatorHyperparameters
-from selfedit.envs.update import DEFAULT_TARGET_MODULES, LoRAUpdate, UpdateStats
+from selfedit.envs.update import (
+    BankUpdate,
+    LoRAUpdate,
+    UpdateStats,
+)
 
 __all__ = [
     "OPERATOR_LABELS",
@@ -78,13 +83,6 @@ __all__ = [
 OPERATOR_LABELS = {"lora": "LoRA", "full": "full fine-tuning", "svd": "singular-value"}
 
 _LAYER = re.compile(r"\.(?:layers|h|blocks|block|layer)\.(\d+)\.")
-
-
-def _call_hook(backend: Any, name: str, *args: Any) -> None:
-    """Call the backend's optional adapter hook ``name`` if it has one."""
-    hook = getattr(backend, name, None)
-    if hook is not None:
-        hook(*args)
 
 
 def _context(model: torch.nn.Module) -> int | None:
@@ -633,17 +631,7 @@ def _factors(fingerprint: str, names: list[str], tensors: dict[str, torch.Tensor
 # ----------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _SVRoute:
-    """Which adapter each row (generation) or flat token (packed training) uses."""
-
-    flat: bool
-    owner: torch.Tensor | None  # (rows,) or per-group for flat routes; K = no adapter
-    groups: tuple[tuple[int, torch.Tensor], ...] = ()
-    single: int | None = None
-
-
-class SingularValueBank:
+class SingularValueBank(HookedBank):
     """K singular-value adapters (a ``z`` vector per target matrix each), via forward hooks.
 
     Target module m with ``W = U diag(s) Vh`` gets ``y + x Vh[:r]^T diag(s[:r] (z - 1))
@@ -652,9 +640,8 @@ class SingularValueBank:
     shared by every adapter: one ``x Vh^T`` and one ``(.) U^T`` per module serve the whole
     batch, each position scaled by its own adapter's ``s (z - 1)`` (0 for the base). The
     projections run in the weight's dtype (bf16 where the model is), ``z`` stays float32.
-    Same interface as :class:`~selfedit.envs.multilora.LoRABank` (``parameters``, ``rows``,
-    ``tokens``, ``default``, ``training``, ``remove``), so the joint training loop and the
-    backend's row routing serve both.
+    A :class:`~selfedit.envs.multilora.HookedBank` as :class:`~selfedit.envs.multilora.
+    LoRABank` is, so the joint training loop and the backend's row routing serve both.
 
     Args:
         model: the frozen base model (never written).
@@ -687,12 +674,10 @@ class SingularValueBank:
                 self.z[k].append(torch.nn.Parameter(
                     torch.ones(rk, device=device, dtype=torch.float32)))
         self.ranks = [[z.numel() for z in zs] for zs in self.z]
-        self.training = False  # no dropout here; kept for the joint loop's interface
-        self.default: int | None = None  # adapter of positions no route names (None: base)
-        self._route: _SVRoute | None = None
-        self._owner_cache: tuple[int, int, torch.Tensor] | None = None
-        self._handles = [module.register_forward_hook(self._hook(m))
-                         for m, (_, module) in enumerate(self.modules)]
+        # The owner tensor of the route in use (built once a pass, reused by every module);
+        # the route itself is held, so a new route can never be mistaken for it.
+        self._owner_cache: tuple[Route, int, torch.Tensor] | None = None
+        self._attach()
 
     def __len__(self) -> int:
         return len(self.z)
@@ -701,56 +686,15 @@ class SingularValueBank:
         """Adapter ``k``'s trainable tensors (one ``z`` per target module)."""
         return list(self.z[k])
 
-    def remove(self) -> None:
-        """Detach every hook: the model computes exactly as before the bank existed."""
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
-        self._route = None
-
-    # -- routing ------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def rows(self, adapters: Sequence[int | None]) -> Iterator[None]:
-        """Route row ``i`` of every forward pass in the block through ``adapters[i]``."""
-        for a in adapters:
-            if a is not None and not 0 <= int(a) < len(self):
-                raise IndexError(f"adapter {a} does not exist (the bank has {len(self)})")
-        ids = [len(self) if a is None else int(a) for a in adapters]
-        previous = self._route
-        device = self.modules[0][1].weight.device
-        if ids and all(a == ids[0] for a in ids) and ids[0] < len(self):
-            self._route = _SVRoute(False, None, single=ids[0])
-        elif all(a == len(self) for a in ids):  # every row is the base: no projection at all
-            self._route = _SVRoute(False, None)
-        else:
-            self._route = _SVRoute(False, torch.tensor(ids, dtype=torch.long, device=device))
-        try:
-            yield
-        finally:
-            self._route = previous
-
-    @contextlib.contextmanager
-    def tokens(self, groups: Sequence[tuple[int, torch.Tensor]]) -> Iterator[None]:
-        """Route flattened (B*T) token positions: ``groups`` = (adapter, positions)."""
-        previous = self._route
-        device = self.modules[0][1].weight.device
-        self._route = _SVRoute(True, None, tuple((k, idx.to(device)) for k, idx in groups
-                                                 if len(idx)))
-        try:
-            yield
-        finally:
-            self._route = previous
-            self._owner_cache = None
-
-    def _flat_owner(self, route: _SVRoute, n: int, device: torch.device) -> torch.Tensor:
-        """Adapter of each of the ``n`` flat positions (len(self): none); built once a pass."""
+    def _owner(self, route: Route, n: int, device: torch.device) -> torch.Tensor:
+        """Adapter of each of the ``n`` rows or flat positions (``len(self)``: the base)."""
         cached = self._owner_cache
-        if cached is not None and cached[0] == id(route) and cached[1] == n:
+        if cached is not None and cached[0] is route and cached[1] == n:
             return cached[2]
         owner = torch.full((n,), len(self), dtype=torch.long, device=device)
         for k, idx in route.groups:
             owner[idx] = k
-        self._owner_cache = (id(route), n, owner)
+        self._owner_cache = (route, n, owner)
         return owner
 
     # -- the forward hook ---------------------------------------------------------------
@@ -769,11 +713,9 @@ class SingularValueBank:
 
     def _hook(self, m: int) -> Any:
         def hook(module: torch.nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> Any:
-            route = self._route
+            route = self._active_route()
             if route is None:
-                if self.default is None:
-                    return None
-                route = _SVRoute(False, None, single=self.default)
+                return None
             x = args[0]
             u, vh = self.u[m], self.vh[m]
             if route.single is not None:  # one adapter everywhere: its own components only
@@ -783,18 +725,16 @@ class SingularValueBank:
                 h = F.linear(x.to(vh.dtype), vh[:r])  # (..., r)
                 delta = F.linear(h * scale.to(h.dtype), u[:, :r])  # (..., out)
                 return output + delta.to(output.dtype)
+            if route.index is None:  # every position is the base's: no projection at all
+                return None
             table = self._scales(m, vh.shape[0]).to(vh.dtype)  # (K + 1, r)
             if route.flat:
-                if not route.groups:
-                    return None
                 xs = x.reshape(-1, x.shape[-1])  # (N, in)
-                owner = self._flat_owner(route, xs.shape[0], xs.device)  # (N,)
+                owner = self._owner(route, xs.shape[0], xs.device)  # (N,)
                 h = F.linear(xs.to(vh.dtype), vh) * table[owner]  # (N, r)
                 delta = F.linear(h, u).view_as(output)  # (B, T, out)
                 return output + delta.to(output.dtype)
-            owner = route.owner
-            if owner is None:
-                return None
+            owner = self._owner(route, x.shape[0], x.device)  # (B,)
             scale = table[owner].view(owner.shape[0], *([1] * (x.dim() - 2)), -1)  # (B, 1, r)
             h = F.linear(x.to(vh.dtype), vh) * scale  # (B, T, r)
             return output + F.linear(h, u).to(output.dtype)
@@ -815,7 +755,7 @@ class SingularValueBank:
         return out
 
 
-class SingularValueUpdate:
+class SingularValueUpdate(BankUpdate):
     """Transformer²-style singular-value fine-tuning: a scale per singular value, trained.
 
     Each target ``nn.Linear`` (``target_modules``, as LoRA's) gets a vector ``z`` (ones at
@@ -842,31 +782,16 @@ class SingularValueUpdate:
         cache_dir: where SVDs are cached (None: :func:`~selfedit.envs.backend.cache_root`);
             ``False``: never on disk.
         micro_batch_size, max_seq_tokens, max_train_tokens, max_seconds, max_batch_tokens:
-            as :class:`~selfedit.envs.update.LoRAUpdate`'s.
+            as :class:`~selfedit.envs.update.BankUpdate`'s.
     """
 
     name = "svd"
 
-    def __init__(
-        self,
-        *,
-        target_modules: Sequence[str] = DEFAULT_TARGET_MODULES,
-        cache_dir: Path | str | bool | None = None,
-        micro_batch_size: int = 4,
-        max_seq_tokens: int = 512,
-        max_train_tokens: int = 200_000,
-        max_seconds: float = 600.0,
-        max_batch_tokens: int = 8192,
-    ) -> None:
-        self.target_modules = list(target_modules)
+    def __init__(self, *, cache_dir: Path | str | bool | None = None,
+                 **budgets: Any) -> None:
+        super().__init__(**budgets)
         self._cache_dir = cache_dir
-        self.micro_batch_size = micro_batch_size
-        self.max_seq_tokens = max_seq_tokens
-        self.max_train_tokens = max_train_tokens
-        self.max_seconds = max_seconds
-        self.max_batch_tokens = max_batch_tokens
         self.factors: SVDFactors | None = None  # of the model last adapted (lazy)
-        self.bank: SingularValueBank | None = None  # of the open block, if any
 
     @property
     def cache_dir(self) -> Path | None:
@@ -911,76 +836,11 @@ class SingularValueUpdate:
         self.factors = factors
         return factors
 
-    @contextlib.contextmanager
-    def adapted(
-        self,
-        backend: Any,
-        sequences: Sequence[TrainingSequence],
-        hyperparameters: OperatorHyperparameters,
-        *,
-        seed: int,
-        max_seconds: float | None = None,
-    ) -> Iterator[UpdateStats]:
-        """One ``z`` set: inside the block, ``backend.generate`` answers with it."""
-        request = AdapterRequest(sequences, hyperparameters, seed,
-                                 None if max_seconds is None
-                                 else time.perf_counter() + max_seconds)
-        with self.adapted_many(backend, [request]) as stats:
-            if self.bank is not None:
-                self.bank.default = 0
-            yield stats[0]
-
-    @contextlib.contextmanager
-    def adapted_many(
-        self, backend: Any, requests: Sequence[AdapterRequest]
-    ) -> Iterator[list[UpdateStats]]:
-        """K ``z`` sets trained together; inside the block ``backend.generate(...,
-        adapters=[k or None per prompt])`` routes each prompt through its own."""
-        stats = [UpdateStats() for _ in requests]
-        trains = [bool(r.sequences) and r.hyperparameters.num_epochs > 0 for r in requests]
-        if not any(trains):
-            yield stats
-            return
-        model = backend.model
-        modules = self.targets(model)
+    def make_bank(self, backend: Any, requests: Sequence[AdapterRequest]) -> SingularValueBank:
+        modules = self.targets(backend.model)
         factors = self.prepare(backend)
-        grad_state = {n: p.requires_grad for n, p in model.named_parameters()}
-        for p in model.parameters():
-            p.requires_grad_(False)
         components = [int(getattr(r.hyperparameters, "svd_components", 0)) for r in requests]
-        bank = SingularValueBank(model, modules, factors, components)
-        try:
-            now = time.perf_counter()
-            budgeted = []
-            for r in requests:
-                deadline = now + self.max_seconds
-                if r.deadline is not None:
-                    deadline = min(deadline, r.deadline)
-                sequences = r.sequences if r.hyperparameters.num_epochs > 0 else []
-                budgeted.append(AdapterRequest(sequences, r.hyperparameters, r.seed, deadline))
-            train_adapters(bank, budgeted, stats, tokenizer=backend.tokenizer,  # type: ignore[arg-type]
-                           device=backend.device, micro_batch_size=self.micro_batch_size,
-                           max_seq_tokens=self.max_seq_tokens,
-                           max_train_tokens=self.max_train_tokens,
-                           max_batch_tokens=self.max_batch_tokens, context=_context(model))
-            self.bank = bank
-            _call_hook(backend, "adapters_ready", bank)  # HF: row routing
-            yield stats
-        finally:
-            self.bank = None
-            try:
-                _call_hook(backend, "adapters_done")
-            finally:
-                bank.remove()
-                for name, param in model.named_parameters():
-                    param.requires_grad_(grad_state.get(name, False))
-                model.eval()
-
-    def merged_weights(self, k: int = 0) -> dict[str, torch.Tensor]:
-        """Inside a block: ``{module name: adapted weight}`` of ``z`` set ``k`` (continual)."""
-        if self.bank is None:
-            raise RuntimeError("merged_weights() is only available inside an adapted block")
-        return self.bank.merged_weights(k)
+        return SingularValueBank(backend.model, modules, factors, components)
 
 
 # ----------------------------------------------------------------------------------------

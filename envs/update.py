@@ -39,11 +39,18 @@ from typing import Any, Protocol
 
 import torch
 
-from selfedit.envs.multilora import AdapterRequest, LoRABank, TrainingSequence, train_adapters
+from selfedit.envs.multilora import (
+    AdapterRequest,
+    HookedBank,
+    LoRABank,
+    TrainingSequence,
+    train_adapters,
+)
 from selfedit.envs.templates import Hyperparameters
 
-__all__ = ["AdapterRequest", "BatchedUpdateOperator", "LoRAUpdate", "LossCurve", "PeftLoRAUpdate",
-           "TrainingSequence", "UpdateOperator", "UpdateStats"]
+__all__ = ["AdapterRequest", "BankUpdate", "BatchedUpdateOperator", "LoRAUpdate", "LossCurve",
+           "OperatorBudgets", "PeftLoRAUpdate", "TrainingSequence", "UpdateOperator",
+           "UpdateStats"]
 
 DEFAULT_TARGET_MODULES = (
     "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
@@ -132,31 +139,19 @@ def _call_hook(backend: Any, name: str, *args: Any) -> None:
         hook(*args)
 
 
-class LoRAUpdate:
-    """Fresh LoRA adapters trained with next-token prediction: one, or many in one pass.
-
-    The lean loop the design measured (DESIGN.md), on :class:`~selfedit.envs.multilora.
-    LoRABank`: adapters attach to the loaded model through forward hooks (the base modules
-    are never replaced or written), AdamW on the adapters only, sequences packed into rows
-    (no padding to a fixed length), no Trainer built per request. :meth:`adapted` trains one
-    adapter (the :class:`UpdateOperator` protocol); :meth:`adapted_many` trains K adapters
-    together -- one forward/backward through the frozen base per round of micro-batches --
-    and lets the backend answer with all of them in one batch (issue 11).
+class OperatorBudgets:
+    """The budgets every training operator here takes (and the modules it adapts).
 
     Args:
-        target_modules: module names that get LoRA weights.
-        micro_batch_size: sequences per micro-batch of one adapter;
+        target_modules: module names (last component) whose weights the update adapts.
+        micro_batch_size: sequences per micro-batch of one update;
             ``gradient_accumulation_steps`` from the template multiplies it.
         max_seq_tokens: sequences are cut to this many tokens, and never beyond the model's
             context (``config.max_position_embeddings``); ``stats.notes`` counts the cuts.
         max_train_tokens: budget of real tokens per update (sequences x epochs); the epochs
             that would exceed it are not run, and ``stats.notes`` says so.
         max_seconds: wall-clock budget per update; training stops when it is spent.
-        max_batch_tokens: padded tokens per joint forward pass; a round of K adapters'
-            micro-batches larger than this runs as several passes (memory bound).
     """
-
-    name = "lora"
 
     def __init__(
         self,
@@ -166,15 +161,40 @@ class LoRAUpdate:
         max_seq_tokens: int = 512,
         max_train_tokens: int = 200_000,
         max_seconds: float = 600.0,
-        max_batch_tokens: int = 8192,
     ) -> None:
         self.target_modules = list(target_modules)
         self.micro_batch_size = micro_batch_size
         self.max_seq_tokens = max_seq_tokens
         self.max_train_tokens = max_train_tokens
         self.max_seconds = max_seconds
+
+
+class BankUpdate(OperatorBudgets):
+    """An operator whose updates live in a :class:`~selfedit.envs.multilora.HookedBank`.
+
+    K updates train together through the frozen base (:func:`~selfedit.envs.multilora.
+    train_adapters`, one forward/backward per round of micro-batches) and answer in one
+    batch; :meth:`adapted` is the one-update case. A subclass says how its bank is built
+    (:meth:`make_bank`); budgets, freezing, deadlines, the backend's hooks and the restore
+    on leaving the block are the same for all (:class:`LoRAUpdate`, :class:`~selfedit.envs.
+    operators.SingularValueUpdate`).
+
+    Args:
+        max_batch_tokens: padded tokens per joint forward pass; a round of K updates'
+            micro-batches larger than this runs as several passes (memory bound).
+        others: as :class:`OperatorBudgets`.
+    """
+
+    name = "bank"
+
+    def __init__(self, *, max_batch_tokens: int = 8192, **budgets: Any) -> None:
+        super().__init__(**budgets)
         self.max_batch_tokens = max_batch_tokens
-        self.bank: LoRABank | None = None  # the adapters of the open block, if any
+        self.bank: HookedBank | None = None  # the updates of the open block, if any
+
+    def make_bank(self, backend: Any, requests: Sequence[AdapterRequest]) -> HookedBank:
+        """A fresh bank on ``backend.model`` with one (identity) update per request."""
+        raise NotImplementedError
 
     @contextlib.contextmanager
     def adapted(
@@ -186,7 +206,7 @@ class LoRAUpdate:
         seed: int,
         max_seconds: float | None = None,
     ) -> Iterator[UpdateStats]:
-        """One adapter: inside the block, ``backend.generate`` answers with it."""
+        """One update: inside the block, ``backend.generate`` answers with it."""
         request = AdapterRequest(sequences, hyperparameters, seed,
                                  None if max_seconds is None
                                  else time.perf_counter() + max_seconds)
@@ -199,25 +219,22 @@ class LoRAUpdate:
     def adapted_many(
         self, backend: Any, requests: Sequence[AdapterRequest]
     ) -> Iterator[list[UpdateStats]]:
-        """K adapters trained together; inside the block ``backend.generate(...,
-        adapters=[k or None per prompt])`` routes each prompt through its adapter.
+        """K updates trained together; inside the block ``backend.generate(...,
+        adapters=[k or None per prompt])`` routes each prompt through its own.
 
-        A request with ``num_epochs == 0`` or no sequences gets no adapter training (its
-        adapter stays zero: the base model). ``stats[k].error`` is set for an adapter whose
-        loss was not finite; the others are unaffected.
+        A request with ``num_epochs == 0`` or no sequences is not trained (its update stays
+        the identity: the base model). ``stats[k].error`` is set for an update whose loss was
+        not finite; the others are unaffected.
         """
         stats = [UpdateStats() for _ in requests]
-        trains = [bool(r.sequences) and r.hyperparameters.num_epochs > 0 for r in requests]
-        if not any(trains):
+        if not any(r.sequences and r.hyperparameters.num_epochs > 0 for r in requests):
             yield stats
             return
         model = backend.model
+        bank = self.make_bank(backend, requests)
         grad_state = {n: p.requires_grad for n, p in model.named_parameters()}
         for p in model.parameters():
-            p.requires_grad_(False)  # the base is frozen: gradients reach the adapters only
-        specs = [(r.hyperparameters.lora_rank, r.hyperparameters.lora_alpha,
-                  r.hyperparameters.lora_dropout, r.seed) for r in requests]
-        bank = LoRABank(model, specs, target_modules=self.target_modules)
+            p.requires_grad_(False)  # the base is frozen: gradients reach the bank only
         try:
             now = time.perf_counter()
             budgeted = []
@@ -247,46 +264,48 @@ class LoRAUpdate:
                 model.eval()
 
     def merged_weights(self, k: int = 0) -> dict[str, torch.Tensor]:
-        """Inside a block: ``{module name: W + delta}`` of adapter ``k`` (continual mode)."""
+        """Inside a block: ``{module name: adapted weight}`` of update ``k`` (continual mode)."""
         if self.bank is None:
             raise RuntimeError("merged_weights() is only available inside an adapted block")
         return self.bank.merged_weights(k)
 
 
-class PeftLoRAUpdate:
+class LoRAUpdate(BankUpdate):
+    """Fresh LoRA adapters trained with next-token prediction: one, or many in one pass.
+
+    The lean loop the design measured (DESIGN.md), on :class:`~selfedit.envs.multilora.
+    LoRABank`: adapters attach to the loaded model through forward hooks (the base modules
+    are never replaced or written), AdamW on the adapters only, sequences packed into rows
+    (no padding to a fixed length), no Trainer built per request. :meth:`adapted` trains one
+    adapter (the :class:`UpdateOperator` protocol); :meth:`adapted_many` trains K adapters
+    together -- one forward/backward through the frozen base per round of micro-batches --
+    and lets the backend answer with all of them in one batch (issue 11). The vLLM backend's
+    ``adapters_ready`` hook exports each adapter in PEFT's format (``LoRABank.peft_state``).
+
+    Args: as :class:`BankUpdate` (``target_modules``: the Linear modules that get LoRA
+    weights).
+    """
+
+    name = "lora"
+
+    def make_bank(self, backend: Any, requests: Sequence[AdapterRequest]) -> LoRABank:
+        specs = [(r.hyperparameters.lora_rank, r.hyperparameters.lora_alpha,
+                  r.hyperparameters.lora_dropout, r.seed) for r in requests]
+        return LoRABank(backend.model, specs, target_modules=self.target_modules)
+
+
+class PeftLoRAUpdate(OperatorBudgets):
     """One fresh PEFT LoRA adapter per update: the reference for :class:`LoRAUpdate`.
 
     The previous default operator, kept as an independent implementation: tests check that
     :class:`LoRAUpdate` computes the same function as PEFT's LoRA, and backends that need a
     ``PeftModel`` (the ``adapter_ready`` hook) can still be served.
 
-    Args:
-        target_modules: module names that get LoRA weights.
-        micro_batch_size: sequences per forward pass (padded to the longest in the batch);
-            ``gradient_accumulation_steps`` from the template multiplies it.
-        max_seq_tokens: sequences are cut to this many tokens, and never beyond the model's
-            context (``config.max_position_embeddings``); ``stats.notes`` counts the cuts.
-        max_train_tokens: budget of real tokens per update (sequences x epochs); the epochs
-            that would exceed it are not run, and ``stats.notes`` says so.
-        max_seconds: wall-clock budget per update; training stops when it is spent.
+    Args: as :class:`OperatorBudgets` (a micro-batch here is padded to its longest
+    sequence).
     """
 
     name = "peft-lora"
-
-    def __init__(
-        self,
-        *,
-        target_modules: Sequence[str] = DEFAULT_TARGET_MODULES,
-        micro_batch_size: int = 4,
-        max_seq_tokens: int = 512,
-        max_train_tokens: int = 200_000,
-        max_seconds: float = 600.0,
-    ) -> None:
-        self.target_modules = list(target_modules)
-        self.micro_batch_size = micro_batch_size
-        self.max_seq_tokens = max_seq_tokens
-        self.max_train_tokens = max_train_tokens
-        self.max_seconds = max_seconds
 
     def _encode(
         self, tokenizer: Any, sequences: Sequence[str], context: int | None, stats: UpdateStats
