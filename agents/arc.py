@@ -21,9 +21,8 @@ All follow the :class:`~selfedit.agents.base.Agent` protocol; their actions are
 
 from __future__ import annotations
 
-import itertools
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -31,6 +30,7 @@ from selfedit.agents.base import BaseAgent
 from selfedit.agents.llm import MetaPromptAgent
 from selfedit.envs.arc_recipe import DEFAULT_HYPERPARAMETERS, ArcRecipe, RecipeError, parse_recipe
 from selfedit.envs.config import ConfigError
+from selfedit.envs.library import ArmGrid
 from selfedit.envs.templates import Hyperparameters
 
 __all__ = [
@@ -237,7 +237,7 @@ class RecipeWriterAgent(MetaPromptAgent):
 
 # -- a recipe space for the bandits ---------------------------------------------------------
 @dataclass
-class RecipeLibrary:
+class RecipeLibrary(ArmGrid):
     """A discrete recipe space; each arm (one index per axis) is one recipe.
 
     It answers what :class:`~selfedit.agents.bandits.LibraryAgent` asks of a
@@ -288,40 +288,6 @@ class RecipeLibrary:
     def dims(self) -> tuple[int, ...]:
         return (len(self.augmentations), len(self.losses), len(self.learning_rates),
                 len(self.num_epochs))
-
-    @property
-    def n_arms(self) -> int:
-        return math.prod(self.dims)
-
-    def arms(self) -> Iterator[tuple[int, ...]]:
-        """Every arm, in the order of :meth:`index` (last axis fastest)."""
-        return itertools.product(*(range(d) for d in self.dims))
-
-    def check_arm(self, arm: Sequence[int]) -> tuple[int, ...]:
-        values = tuple(int(i) for i in arm)
-        if len(values) != len(self.dims) or any(
-                not 0 <= i < d for i, d in zip(values, self.dims, strict=True)):
-            raise ValueError(f"an arm is one index per axis {self.axes} below {self.dims},"
-                             f" got {tuple(arm)}")
-        return values
-
-    def index(self, arm: Sequence[int]) -> int:
-        """Flat index of an arm (mixed radix, last axis fastest)."""
-        flat = 0
-        for i, d in zip(self.check_arm(arm), self.dims, strict=True):
-            flat = flat * d + i
-        return flat
-
-    def arm(self, index: int) -> tuple[int, ...]:
-        """The arm at a flat index (inverse of :meth:`index`)."""
-        index = int(index)
-        if not 0 <= index < self.n_arms:
-            raise ValueError(f"arm index must be in [0, {self.n_arms}), got {index}")
-        out = []
-        for d in reversed(self.dims):
-            index, i = divmod(index, d)
-            out.append(i)
-        return tuple(reversed(out))
 
     def template(self, arm: Sequence[int]) -> ArcRecipe:
         """The recipe an arm stands for (the library protocol's name for an arm's action)."""

@@ -42,8 +42,8 @@ from selfedit.envs.templates import (
     parse_template,
 )
 
-__all__ = ["DEFAULT_INSTRUCTIONS", "HUMAN_BASELINES", "Arm", "Instruction", "TemplateLibrary",
-           "human_baseline"]
+__all__ = ["DEFAULT_INSTRUCTIONS", "HUMAN_BASELINES", "Arm", "ArmGrid", "Instruction",
+           "TemplateLibrary", "human_baseline"]
 
 _SEAL = Hyperparameters()
 
@@ -137,8 +137,58 @@ def _default_instructions() -> list[Instruction]:
     return [Instruction.from_baseline(n) for n in DEFAULT_INSTRUCTIONS]
 
 
+class ArmGrid:
+    """Arms of a grid library: one index per axis, flattened in mixed radix.
+
+    What :class:`TemplateLibrary` and the ARC recipe library share; a subclass gives
+    ``axes`` (names) and ``dims`` (choices per axis).
+    """
+
+    axes: tuple[str, ...]
+
+    @property
+    def dims(self) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    @property
+    def n_arms(self) -> int:
+        return math.prod(self.dims)
+
+    def arms(self) -> Iterator[Arm]:
+        """Every arm, in the order of :meth:`index` (last axis fastest)."""
+        return itertools.product(*(range(d) for d in self.dims))
+
+    def check_arm(self, arm: Sequence[int]) -> Arm:
+        """``arm`` as a tuple of ints, or a ValueError that says what an arm is."""
+        values = tuple(int(i) for i in arm)
+        if len(values) != len(self.dims) or any(
+            not 0 <= i < d for i, d in zip(values, self.dims, strict=True)
+        ):
+            raise ValueError(f"an arm is one index per axis {self.axes} below {self.dims},"
+                             f" got {tuple(arm)}")
+        return values
+
+    def index(self, arm: Sequence[int]) -> int:
+        """Flat index of an arm (mixed radix, last axis fastest; ``numpy``'s C order)."""
+        flat = 0
+        for i, d in zip(self.check_arm(arm), self.dims, strict=True):
+            flat = flat * d + i
+        return flat
+
+    def arm(self, index: int) -> Arm:
+        """The arm at a flat index (inverse of :meth:`index`)."""
+        index = int(index)
+        if not 0 <= index < self.n_arms:
+            raise ValueError(f"arm index must be in [0, {self.n_arms}), got {index}")
+        out = []
+        for d in reversed(self.dims):
+            index, i = divmod(index, d)
+            out.append(i)
+        return tuple(reversed(out))
+
+
 @dataclass
-class TemplateLibrary:
+class TemplateLibrary(ArmGrid):
     """A discrete template space: instructions times hyperparameter choices.
 
     An arm is a tuple of indices, one per axis of :attr:`axes`: instruction, ``lora_rank``,
@@ -352,42 +402,6 @@ class TemplateLibrary:
     @property
     def dims(self) -> tuple[int, ...]:
         return tuple(len(self.choices(a)) for a in self.axes)
-
-    @property
-    def n_arms(self) -> int:
-        return math.prod(self.dims)
-
-    def arms(self) -> Iterator[Arm]:
-        """Every arm, in the order of :meth:`index` (last axis fastest)."""
-        return itertools.product(*(range(d) for d in self.dims))
-
-    def index(self, arm: Sequence[int]) -> int:
-        """Flat index of an arm (mixed radix, last axis fastest; ``numpy``'s C order)."""
-        arm = self.check_arm(arm)
-        flat = 0
-        for i, d in zip(arm, self.dims, strict=True):
-            flat = flat * d + i
-        return flat
-
-    def arm(self, index: int) -> Arm:
-        """The arm at a flat index (inverse of :meth:`index`)."""
-        index = int(index)
-        if not 0 <= index < self.n_arms:
-            raise ValueError(f"arm index must be in [0, {self.n_arms}), got {index}")
-        out = []
-        for d in reversed(self.dims):
-            index, i = divmod(index, d)
-            out.append(i)
-        return tuple(reversed(out))
-
-    def check_arm(self, arm: Sequence[int]) -> Arm:
-        values = tuple(int(i) for i in arm)
-        if len(values) != len(self.dims) or any(
-            not 0 <= i < d for i, d in zip(values, self.dims, strict=True)
-        ):
-            raise ValueError(f"an arm is one index per axis {self.axes} below {self.dims},"
-                             f" got {tuple(arm)}")
-        return values
 
     def template(self, arm: Sequence[int]) -> Template:
         """The template an arm stands for."""
