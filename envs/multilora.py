@@ -72,6 +72,20 @@ class Route:
     single: int | None = None  # every position belongs to this adapter: no gather needed
 
 
+@dataclass(frozen=True)
+class _GroupPlan:
+    """Adapters of one rank served by one grouped matmul pair in a pass."""
+
+    adapters: tuple[int, ...]
+    index: torch.Tensor  # their positions (rows or flat tokens), adapter after adapter
+    offs: torch.Tensor  # int32 ends of each adapter's slice of the 2-D operand
+    scale: float | torch.Tensor  # one scaling, or (positions, 1) when they differ
+
+
+# torch's grouped GEMM (MoE kernels): on the CPU it takes float32 and has a backward.
+_HAS_GROUPED_MM = hasattr(F, "grouped_mm")
+
+
 class HookedBank:
     """K adapters on target ``nn.Linear`` modules via forward hooks, routed per row or token.
 
@@ -209,6 +223,7 @@ class LoRABank(HookedBank):
                 b = torch.zeros(module.out_features, rank, device=device, dtype=torch.float32)
                 pairs.append((torch.nn.Parameter(a), torch.nn.Parameter(b)))
             self.weights.append(pairs)
+        self._plan_cache: tuple[Route, int, list[_GroupPlan]] | None = None
         self._attach()
 
     def __len__(self) -> int:
@@ -242,11 +257,73 @@ class LoRABank(HookedBank):
                 xs, out = x.reshape(-1, x.shape[-1]), output.reshape(-1, output.shape[-1])
             else:
                 xs, out = x, output
+            if self._grouped(route, m, xs):
+                merged = out
+                for plan in self._plans(route, xs):
+                    merged = merged.index_add(0, plan.index, self._grouped_delta(plan, m, xs)
+                                              .to(out.dtype))
+                return merged.view_as(output)
             deltas = [self._delta(k, m, xs.index_select(0, idx)) for k, idx in route.groups]
             merged = out.index_add(0, route.index, torch.cat(deltas).to(out.dtype))
             return merged.view_as(output)
 
         return hook
+
+    # -- several adapters in one grouped matmul pair --------------------------------------
+    def _grouped(self, route: Route, m: int, xs: torch.Tensor) -> bool:
+        """Whether this pass serves its adapters with grouped matmuls (one pair per rank).
+
+        On the CPU, where torch's ``grouped_mm`` takes float32 (on CUDA it wants bf16 and a
+        recent GPU), with two or more adapters, no dropout mask to draw (each adapter's
+        masks come from its own generator, so the per-adapter path keeps them), and every
+        matrix row a multiple of 16 bytes (the kernel's alignment: ranks and widths that are
+        multiples of 4).
+        """
+        if not _HAS_GROUPED_MM or xs.device.type != "cpu" or len(route.groups) < 2:
+            return False
+        module = self.modules[m][1]
+        if module.in_features % 4 or module.out_features % 4 or any(
+                self.ranks[k] % 4 for k, _ in route.groups):
+            return False
+        return not (self.training and any(self.dropouts[k] > 0 for k, _ in route.groups))
+
+    def _plans(self, route: Route, xs: torch.Tensor) -> list[_GroupPlan]:
+        """The route's adapters grouped by rank (built once per route and row width)."""
+        width = 1 if route.flat else math.prod(xs.shape[1:-1])  # tokens per routed index
+        cached = self._plan_cache
+        if cached is not None and cached[0] is route and cached[1] == width:
+            return cached[2]
+        by_rank: dict[int, list[tuple[int, torch.Tensor]]] = {}
+        for k, idx in route.groups:
+            by_rank.setdefault(self.ranks[k], []).append((k, idx))
+        plans = []
+        for groups in by_rank.values():
+            counts = torch.tensor([len(idx) * width for _, idx in groups], dtype=torch.long)
+            offs = counts.cumsum(0).to(dtype=torch.int32, device=xs.device)
+            scalings = [self.scalings[k] for k, _ in groups]
+            scale: float | torch.Tensor = scalings[0]
+            if any(c != scalings[0] for c in scalings):
+                scale = torch.cat([torch.full((int(n), 1), c) for n, c in
+                                   zip(counts.tolist(), scalings, strict=True)]).to(xs.device)
+            plans.append(_GroupPlan(tuple(k for k, _ in groups),
+                                    torch.cat([idx for _, idx in groups]), offs, scale))
+        self._plan_cache = (route, width, plans)
+        return plans
+
+    def _grouped_delta(self, plan: _GroupPlan, m: int, xs: torch.Tensor) -> torch.Tensor:
+        """``scaling_k * B_k A_k x`` for every position of the plan's adapters, in its order.
+
+        The same products as :meth:`_delta` (no dropout): the positions of adapter k form
+        the k-th slice of one 2-D operand (``offs``), and ``grouped_mm`` multiplies each
+        slice by its own adapter's matrix, so one op serves K adapters instead of K.
+        """
+        x = xs.index_select(0, plan.index)  # (n, ..., in): the plan's positions in order
+        a = torch.stack([self.weights[k][m][0] for k in plan.adapters])  # (G, r, in)
+        b = torch.stack([self.weights[k][m][1] for k in plan.adapters])  # (G, out, r)
+        h = F.grouped_mm(x.reshape(-1, x.shape[-1]).to(a.dtype), a.transpose(1, 2),
+                         offs=plan.offs)  # (n * width, r)
+        d = F.grouped_mm(h, b.transpose(1, 2), offs=plan.offs) * plan.scale  # (n*width, out)
+        return d.view(*x.shape[:-1], d.shape[-1])
 
     # -- export -------------------------------------------------------------------------
     @torch.no_grad()

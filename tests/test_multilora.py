@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from selfedit.envs import multilora
 from selfedit.envs.backend import weights_checksum
 from selfedit.envs.multilora import LoRABank, encode_sequences, pack
 from selfedit.envs.templates import Hyperparameters
@@ -57,6 +58,44 @@ def test_batched_training_matches_one_by_one(tiny_backend) -> None:
     # Each adapter's loss fell: it learned its own data.
     for stats in batched[:3]:
         assert stats.loss_last < stats.loss_first
+
+
+def test_grouped_matmuls_match_one_by_one(tiny_backend, monkeypatch) -> None:
+    """Without dropout and with ranks that are multiples of 4, the CPU serves K adapters with
+    one grouped matmul pair per rank (torch's grouped_mm): same losses and answers as each
+    adapter alone, with mixed ranks, scalings and data sizes."""
+    if not multilora._HAS_GROUPED_MM:
+        pytest.skip("this torch has no grouped_mm")
+    calls = []
+    grouped_delta = LoRABank._grouped_delta
+
+    def counted(self, plan, m, xs):
+        calls.append(len(plan.adapters))
+        return grouped_delta(self, plan, m, xs)
+
+    monkeypatch.setattr(LoRABank, "_grouped_delta", counted)
+    hps = [Hyperparameters(lora_rank=8, learning_rate=1e-2, num_epochs=3),
+           Hyperparameters(lora_rank=8, lora_alpha=4, learning_rate=5e-3, num_epochs=2,
+                           gradient_accumulation_steps=2),
+           Hyperparameters(lora_rank=4, learning_rate=1e-2, num_epochs=2),
+           Hyperparameters(lora_rank=8, learning_rate=2e-3, num_epochs=1)]
+    seqs = [FACTS[0], FACTS[1][:3], FACTS[2], FACTS[3][:1]]
+    requests = [AdapterRequest(s, h, seed=20 + i) for i, (s, h) in enumerate(zip(seqs, hps,
+                                                                                 strict=True))]
+    op = LoRAUpdate(micro_batch_size=2)
+    with op.adapted_many(tiny_backend, requests) as batched:
+        ids = [k for _ in QUESTIONS for k in range(len(requests))]
+        answers = tiny_backend.generate([q for q in QUESTIONS for _ in requests],
+                                        max_new_tokens=8, adapters=ids)
+    assert calls and max(calls) == 3  # the three rank-8 adapters shared one grouped pair
+    calls.clear()
+    for k, request in enumerate(requests):
+        with op.adapted_many(tiny_backend, [request]) as alone:
+            solo = tiny_backend.generate(QUESTIONS, max_new_tokens=8, adapters=[0, 0])
+        assert batched[k].losses == pytest.approx(alone[0].losses, rel=1e-4, abs=1e-5)
+        assert [answers[k], answers[len(requests) + k]] == solo
+        assert batched[k].loss_last < batched[k].loss_first or batched[k].optimizer_steps == 1
+    assert not calls  # one adapter alone takes the plain path
 
 
 def test_adapters_that_finish_early_leave_the_batch(tiny_backend) -> None:
