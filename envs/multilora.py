@@ -241,7 +241,9 @@ class LoRABank(HookedBank):
         if self.training and p > 0:
             keep = torch.empty_like(h).bernoulli_(1.0 - p, generator=self._dropout_gens[k])
             h = h * keep / (1.0 - p)
-        return F.linear(F.linear(h, a), b) * self.scalings[k]  # (..., r) -> (..., out)
+        # The scaling multiplies the rank-r activations, not the (..., out) delta: the same
+        # product with out/r times fewer multiplications (and in the backward pass too).
+        return F.linear(F.linear(h, a) * self.scalings[k], b)  # (..., r) -> (..., out)
 
     def _hook(self, m: int) -> Any:
         def hook(module: torch.nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> Any:
@@ -321,8 +323,8 @@ class LoRABank(HookedBank):
         a = torch.stack([self.weights[k][m][0] for k in plan.adapters])  # (G, r, in)
         b = torch.stack([self.weights[k][m][1] for k in plan.adapters])  # (G, out, r)
         h = F.grouped_mm(x.reshape(-1, x.shape[-1]).to(a.dtype), a.transpose(1, 2),
-                         offs=plan.offs)  # (n * width, r)
-        d = F.grouped_mm(h, b.transpose(1, 2), offs=plan.offs) * plan.scale  # (n*width, out)
+                         offs=plan.offs) * plan.scale  # (n * width, r)
+        d = F.grouped_mm(h, b.transpose(1, 2), offs=plan.offs)  # (n * width, out)
         return d.view(*x.shape[:-1], d.shape[-1])
 
     # -- export -------------------------------------------------------------------------
