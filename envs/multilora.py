@@ -279,9 +279,14 @@ class LoRABank(HookedBank):
         recent GPU), with two or more adapters, no dropout mask to draw (each adapter's
         masks come from its own generator, so the per-adapter path keeps them), and every
         matrix row a multiple of 16 bytes (the kernel's alignment: ranks and widths that are
-        multiples of 4).
+        multiples of 4). Only while gradients are recorded: in training the grouped pair
+        saves K-1 autograd chains per module (joint training of 8 adapters 1.26x faster on
+        the embedded model); in generation, where each decode step re-stacks the adapters'
+        weights for a handful of rows, the per-adapter path measured ~10% faster.
         """
         if not _HAS_GROUPED_MM or xs.device.type != "cpu" or len(route.groups) < 2:
+            return False
+        if not torch.is_grad_enabled():
             return False
         module = self.modules[m][1]
         if module.in_features % 4 or module.out_features % 4 or any(
