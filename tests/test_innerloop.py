@@ -31,6 +31,10 @@ def test_bench_measures_batched_sequential_and_reference(tiny_model_dir, tmp_pat
     assert rows[4]["vs_sequential"]["pairs"] == 4
     assert rows[4]["rewards"] == pytest.approx(rows[1]["rewards"])
     assert rows[1]["speedup"] == pytest.approx(1.0)
+    for row in rows.values():  # the phases account for the row's time, no more
+        phases = row["phases"]
+        assert phases["train_s"] > 0 and phases["answer_s"] > 0 and phases["complete_s"] > 0
+        assert sum(phases.values()) <= row["seconds"]
     inner = report["inner_loop"]
     lean, batched, ref = inner["lean"], inner["batched"], inner["seal_style"]
     assert lean["requests"] == batched["requests"] == 4 and ref["requests"] == 1
@@ -45,7 +49,8 @@ def test_bench_measures_batched_sequential_and_reference(tiny_model_dir, tmp_pat
     assert saved["evaluations"][1]["k"] == 4
     assert "partial" not in saved  # the checkpoints of a run are replaced by the whole report
     text = (tmp_path / "out" / "report.md").read_text()
-    for part in ("evaluations / hour", "SEAL-style", "FLOP fraction", "## Targets", "float32"):
+    for part in ("evaluations / hour", "training tokens / s", "SEAL-style", "FLOP fraction",
+                 "## Targets", "float32"):
         assert part in text
     assert "**met**" in text or "**missed**" in text
     (tmp_path / "out" / "report.md").unlink()

@@ -182,19 +182,29 @@ def evaluate_in_blocks(env: SelfEditEnv, work: list[tuple[str, SlotRequest]],
     """Evaluate the work K pairs per call; seconds, rewards and the step infos."""
     rewards: list[float] = []
     infos: list[dict[str, Any]] = []
+    # Where the time went, summed over calls: completion and answer times are each
+    # evaluation's share of a batched generate; the adapters of a call train together, so
+    # a call's training time is the longest of its evaluations' (their joint pass).
+    phases = {"complete_s": 0.0, "train_s": 0.0, "answer_s": 0.0}
     start = time.perf_counter()
     for i in range(0, len(work), k):
         now = time.perf_counter()
         block = [SlotRequest(r.action, r.passage_idx, r.seed, now) for _, r in work[i : i + k]]
+        timings = []
         for reward, info in env.evaluate(block):
             rewards.append(reward)
             infos.append(info)
+            timings.append(info.get("timings") or {})
+        phases["complete_s"] += sum(float(t.get("complete_s", 0.0)) for t in timings)
+        phases["answer_s"] += sum(float(t.get("answer_s", 0.0)) for t in timings)
+        phases["train_s"] += max((float(t.get("train_s", 0.0)) for t in timings), default=0.0)
     seconds = time.perf_counter() - start
     errors = [info.get("error") for info in infos if info.get("error")]
     if errors:
         raise RuntimeError(f"an evaluation failed in the benchmark: {errors[0]}")
     return {"k": k, "seconds": seconds, "evaluations": len(work),
             "evaluations_per_hour": 3600 * len(work) / seconds, "rewards": rewards,
+            "phases": phases,
             "train_tokens": sum(i["tokens"]["train"] for i in infos),
             "completion_tokens": sum(i["tokens"]["completion"] for i in infos),
             "infos": infos}

@@ -62,6 +62,24 @@ def report_markdown(report: dict[str, Any]) -> str:
             f" {row['speedup']:.2f}x | {np.mean(row['rewards']):.3f} |"
             f" {d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] |"
             f" {d['identical']}/{d['pairs']} |")
+    if all("phases" in row for row in report["evaluations"]):
+        lines += [
+            "",
+            "Where the time went (seconds over the 'seconds' column's work; training is each"
+            " call's joint pass; training tokens differ between rows when sampled completions"
+            " do):",
+            "",
+            "| K | completion s | training s | answering s | other s | training tokens |"
+            " training tokens / s |",
+            "|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for row in report["evaluations"]:
+            ph = row["phases"]
+            other = row["seconds"] - ph["complete_s"] - ph["train_s"] - ph["answer_s"]
+            lines.append(
+                f"| {row['k']} | {ph['complete_s']:.1f} | {ph['train_s']:.1f} |"
+                f" {ph['answer_s']:.1f} | {other:.1f} | {row['train_tokens']:,} |"
+                f" {row['train_tokens'] / max(ph['train_s'], 1e-9):.0f} |")
     inner = report["inner_loop"]
     lines += [
         "",
