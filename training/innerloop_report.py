@@ -154,12 +154,15 @@ def _targets(report: dict[str, Any], ratios: dict[str, float]) -> list[str]:
     why = ""
     if len(prof) == 2:
         one, many = prof
+        peak = float(report.get("matmul_gflops", {}).get(report["dtype"]["dtype"], 0.0))
+        at_peak = f" ({many['matmul_gflops'] / peak:.0%} of the peak)" if peak else ""
         why = (f" Measured: in training the matmuls take {one['share']['matmul']:.0%} of the"
                f" time at K=1 and {many['share']['matmul']:.0%} at K={many['adapters']},"
                f" running at {one['matmul_gflops']:.0f} and {many['matmul_gflops']:.0f}"
-               " GFLOP/s: training is compute-bound, so batching it wins only the"
-               " efficiency of larger matmuls; the completions and answers, memory-bound,"
-               " gain the most (section c).")
+               f" GFLOP/s{at_peak}; the rest of the training time is attention, casts,"
+               " the loss and other per-op work, which batching shares only in part. Where"
+               " each row's time went (completion, training, answering) is section (a)'s"
+               " second table when the run recorded it.")
     lines += ["", f"- K={k} batched >= {BATCH_TARGET}x the sequential evaluations/hour with"
               f" equal rewards: **{'met' if met else 'missed'}** ({row['speedup']:.2f}x;"
               f" rewards {d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] vs K=1,"
