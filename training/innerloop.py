@@ -21,6 +21,9 @@
 
 Everything is written to ``<output>/report.md`` and ``report.json`` with the command, the
 CPU (model, flags that matter for precision), versions and the dtype ``auto`` chose.
+
+Size (~510 lines): the five measurements share one loaded env and one work list, so that
+every section times the same requests; the report's text lives in innerloop_report.py.
 """
 
 from __future__ import annotations
