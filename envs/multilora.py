@@ -43,7 +43,10 @@ __all__ = [
     "LoRABank",
     "PackedBatch",
     "TrainingSequence",
+    "cut_note",
     "encode_sequences",
+    "linear_targets",
+    "model_context",
     "pack",
     "packing_isolates",
     "train_adapters",
@@ -60,6 +63,32 @@ def _generator(seed: int, device: torch.device | None = None) -> torch.Generator
     gen = torch.Generator(device=device or "cpu")
     gen.manual_seed(int(seed) % (2**63))
     return gen
+
+
+def model_context(model: torch.nn.Module) -> int | None:
+    """The model's context length (``config.max_position_embeddings``), or None."""
+    return getattr(getattr(model, "config", None), "max_position_embeddings", None)
+
+
+def cut_note(cut: int, kept: int, limit: int, max_seq_tokens: int, context: int | None) -> str:
+    """The ``stats.notes`` line for ``cut`` of ``kept`` sequences cut to ``limit`` tokens."""
+    why = f"max_seq_tokens={max_seq_tokens}"
+    if context and context < max_seq_tokens:
+        why = f"the model's context of {context} tokens (max_seq_tokens is larger)"
+    return f"{cut} of {kept} sequences cut to {limit} tokens: {why}"
+
+
+def linear_targets(model: torch.nn.Module, names: Sequence[str],
+                   setting: str) -> list[tuple[str, torch.nn.Linear]]:
+    """The model's ``nn.Linear`` modules whose last name component is one of ``names``;
+    none is a ValueError that names the env ``setting`` to change."""
+    wanted = set(names)
+    found = [(n, m) for n, m in model.named_modules()
+             if isinstance(m, torch.nn.Linear) and n.rsplit(".", 1)[-1] in wanted]
+    if not found:
+        raise ValueError(f"no nn.Linear module named any of {sorted(wanted)} in the model;"
+                         f" set {setting} to names the model has")
+    return found
 
 
 @dataclass(frozen=True)
@@ -114,6 +143,7 @@ class HookedBank:
         self.training = False  # dropout (where an adapter has any) only while training
         self.default: int | None = None  # adapter of positions no route names (None: base)
         self._route: Route | None = None
+        self._route_memo: tuple[Route, Any, Any] | None = None  # see _per_route
         self._handles = [module.register_forward_hook(self._hook(m))
                          for m, (_, module) in enumerate(self.modules)]
 
@@ -123,6 +153,17 @@ class HookedBank:
             handle.remove()
         self._handles = []
         self._route = None
+
+    def _per_route(self, route: Route, key: Any, build: Any) -> Any:
+        """``build()``, computed once for ``route`` and ``key`` and reused by every module's
+        hook in the passes that follow (the route itself is held, so a later route can
+        never be mistaken for it)."""
+        memo = self._route_memo
+        if memo is not None and memo[0] is route and memo[1] == key:
+            return memo[2]
+        value = build()
+        self._route_memo = (route, key, value)
+        return value
 
     def _active_route(self) -> Route | None:
         """The route of the current pass: the open ``rows``/``tokens`` block, else
@@ -194,17 +235,9 @@ class LoRABank(HookedBank):
         *,
         target_modules: Sequence[str],
     ) -> None:
-        targets = set(target_modules)
-        self.modules: list[tuple[str, torch.nn.Linear]] = [
-            (name, module)
-            for name, module in model.named_modules()
-            if isinstance(module, torch.nn.Linear) and name.rsplit(".", 1)[-1] in targets
-        ]
-        if not self.modules:
-            raise ValueError(f"no nn.Linear module named any of {sorted(targets)} in the model;"
-                             " set env.target_modules to names the model has")
+        self.modules = linear_targets(model, target_modules, "env.target_modules")
         self.model = model
-        self.target_modules = sorted(targets)
+        self.target_modules = sorted(set(target_modules))
         device = self.modules[0][1].weight.device
         self.ranks = [int(s[0]) for s in specs]
         self.scalings = [float(s[1]) / int(s[0]) for s in specs]
@@ -223,7 +256,6 @@ class LoRABank(HookedBank):
                 b = torch.zeros(module.out_features, rank, device=device, dtype=torch.float32)
                 pairs.append((torch.nn.Parameter(a), torch.nn.Parameter(b)))
             self.weights.append(pairs)
-        self._plan_cache: tuple[Route, int, list[_GroupPlan]] | None = None
         self._attach()
 
     def __len__(self) -> int:
@@ -297,24 +329,23 @@ class LoRABank(HookedBank):
     def _plans(self, route: Route, xs: torch.Tensor) -> list[_GroupPlan]:
         """The route's adapters grouped by rank (built once per route and row width)."""
         width = 1 if route.flat else math.prod(xs.shape[1:-1])  # tokens per routed index
-        cached = self._plan_cache
-        if cached is not None and cached[0] is route and cached[1] == width:
-            return cached[2]
+        return self._per_route(route, width, lambda: self._build_plans(route, width, xs.device))
+
+    def _build_plans(self, route: Route, width: int, device: torch.device) -> list[_GroupPlan]:
         by_rank: dict[int, list[tuple[int, torch.Tensor]]] = {}
         for k, idx in route.groups:
             by_rank.setdefault(self.ranks[k], []).append((k, idx))
         plans = []
         for groups in by_rank.values():
             counts = torch.tensor([len(idx) * width for _, idx in groups], dtype=torch.long)
-            offs = counts.cumsum(0).to(dtype=torch.int32, device=xs.device)
+            offs = counts.cumsum(0).to(dtype=torch.int32, device=device)
             scalings = [self.scalings[k] for k, _ in groups]
             scale: float | torch.Tensor = scalings[0]
             if any(c != scalings[0] for c in scalings):
                 scale = torch.cat([torch.full((int(n), 1), c) for n, c in
-                                   zip(counts.tolist(), scalings, strict=True)]).to(xs.device)
+                                   zip(counts.tolist(), scalings, strict=True)]).to(device)
             plans.append(_GroupPlan(tuple(k for k, _ in groups),
                                     torch.cat([idx for _, idx in groups]), offs, scale))
-        self._plan_cache = (route, width, plans)
         return plans
 
     def _grouped_delta(self, plan: _GroupPlan, m: int, xs: torch.Tensor) -> torch.Tensor:
@@ -627,10 +658,7 @@ def train_adapters(
     for k, (request, st) in enumerate(zip(requests, stats, strict=True)):
         encoded, cut = encode_sequences(tokenizer, request.sequences, limit)
         if cut:
-            why = f"max_seq_tokens={max_seq_tokens}"
-            if context and context < max_seq_tokens:
-                why = f"the model's context of {context} tokens (max_seq_tokens is larger)"
-            st.notes.append(f"{cut} of {len(encoded)} sequences cut to {limit} tokens: {why}")
+            st.notes.append(cut_note(cut, len(encoded), limit, max_seq_tokens, context))
         st.sequences = len(encoded)
         hp = request.hyperparameters
         per_epoch = sum(len(e.ids) for e in encoded)

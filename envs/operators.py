@@ -54,7 +54,10 @@ from selfedit.envs.multilora import (
     TrainingSequence,
     _epoch_plan,  # shared with the LoRA loop: the same data order for the same seed
     _forward_losses,  # shared with the LoRA loop: loss only where labels are
+    cut_note,
     encode_sequences,
+    linear_targets,
+    model_context,
     pack,
     packing_isolates,
 )
@@ -83,17 +86,6 @@ __all__ = [
 OPERATOR_LABELS = {"lora": "LoRA", "full": "full fine-tuning", "svd": "singular-value"}
 
 _LAYER = re.compile(r"\.(?:layers|h|blocks|block|layer)\.(\d+)\.")
-
-
-def _context(model: torch.nn.Module) -> int | None:
-    return getattr(getattr(model, "config", None), "max_position_embeddings", None)
-
-
-def _cut_note(cut: int, kept: int, limit: int, max_seq_tokens: int, context: int | None) -> str:
-    why = f"max_seq_tokens={max_seq_tokens}"
-    if context and context < max_seq_tokens:
-        why = f"the model's context of {context} tokens (max_seq_tokens is larger)"
-    return f"{cut} of {kept} sequences cut to {limit} tokens: {why}"
 
 
 # ----------------------------------------------------------------------------------------
@@ -395,11 +387,11 @@ class FullFineTune:
         deadline: float,
     ) -> None:
         model, device, tok = backend.model, backend.device, backend.tokenizer
-        context = _context(model)
+        context = model_context(model)
         limit = min(self.max_seq_tokens, context) if context else self.max_seq_tokens
         encoded, cut = encode_sequences(tok, sequences, limit)
         if cut:
-            stats.notes.append(_cut_note(cut, len(encoded), limit, self.max_seq_tokens,
+            stats.notes.append(cut_note(cut, len(encoded), limit, self.max_seq_tokens,
                                          context))
         stats.sequences = len(encoded)
         if not encoded:
@@ -674,9 +666,6 @@ class SingularValueBank(HookedBank):
                 self.z[k].append(torch.nn.Parameter(
                     torch.ones(rk, device=device, dtype=torch.float32)))
         self.ranks = [[z.numel() for z in zs] for zs in self.z]
-        # The owner tensor of the route in use (built once a pass, reused by every module);
-        # the route itself is held, so a new route can never be mistaken for it.
-        self._owner_cache: tuple[Route, int, torch.Tensor] | None = None
         self._attach()
 
     def __len__(self) -> int:
@@ -687,15 +676,15 @@ class SingularValueBank(HookedBank):
         return list(self.z[k])
 
     def _owner(self, route: Route, n: int, device: torch.device) -> torch.Tensor:
-        """Adapter of each of the ``n`` rows or flat positions (``len(self)``: the base)."""
-        cached = self._owner_cache
-        if cached is not None and cached[0] is route and cached[1] == n:
-            return cached[2]
-        owner = torch.full((n,), len(self), dtype=torch.long, device=device)
-        for k, idx in route.groups:
-            owner[idx] = k
-        self._owner_cache = (route, n, owner)
-        return owner
+        """Adapter of each of the ``n`` rows or flat positions (``len(self)``: the base);
+        built once per route and ``n``."""
+        def build() -> torch.Tensor:
+            owner = torch.full((n,), len(self), dtype=torch.long, device=device)
+            for k, idx in route.groups:
+                owner[idx] = k
+            return owner
+
+        return self._per_route(route, n, build)
 
     # -- the forward hook ---------------------------------------------------------------
     def _scales(self, m: int, width: int) -> torch.Tensor:
@@ -804,18 +793,15 @@ class SingularValueUpdate(BankUpdate):
         return Path(self._cache_dir)
 
     def targets(self, model: torch.nn.Module) -> list[tuple[str, torch.nn.Linear]]:
-        wanted = set(self.target_modules)
-        found = [(n, m) for n, m in model.named_modules()
-                 if isinstance(m, torch.nn.Linear) and n.rsplit(".", 1)[-1] in wanted]
-        if not found:
-            raise ValueError(f"no nn.Linear module named any of {sorted(wanted)} in the model;"
-                             " set env.svd_target_modules to names the model has")
-        return found
+        return linear_targets(model, self.target_modules, "env.svd_target_modules")
 
-    def prepare(self, backend: Any) -> SVDFactors:
-        """The SVDs of ``backend.model``'s targets: in memory, else from disk, else computed."""
+    def prepare(self, backend: Any,
+                modules: list[tuple[str, torch.nn.Linear]] | None = None) -> SVDFactors:
+        """The SVDs of ``backend.model``'s targets (``modules``: already found by
+        :meth:`targets`): in memory, else from disk, else computed."""
         fingerprint = str(getattr(backend, "fingerprint", "") or "")
-        modules = self.targets(backend.model)
+        if modules is None:
+            modules = self.targets(backend.model)
         names = [n for n, _ in modules]
         held = self.factors
         if held is not None and held.fingerprint == fingerprint and held.modules == names \
@@ -838,7 +824,7 @@ class SingularValueUpdate(BankUpdate):
 
     def make_bank(self, backend: Any, requests: Sequence[AdapterRequest]) -> SingularValueBank:
         modules = self.targets(backend.model)
-        factors = self.prepare(backend)
+        factors = self.prepare(backend, modules)
         components = [int(getattr(r.hyperparameters, "svd_components", 0)) for r in requests]
         return SingularValueBank(backend.model, modules, factors, components)
 

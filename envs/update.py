@@ -44,6 +44,8 @@ from selfedit.envs.multilora import (
     HookedBank,
     LoRABank,
     TrainingSequence,
+    cut_note,
+    model_context,
     train_adapters,
 )
 from selfedit.envs.templates import Hyperparameters
@@ -244,7 +246,7 @@ class BankUpdate(OperatorBudgets):
                     deadline = min(deadline, r.deadline)
                 sequences = r.sequences if r.hyperparameters.num_epochs > 0 else []
                 budgeted.append(AdapterRequest(sequences, r.hyperparameters, r.seed, deadline))
-            context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+            context = model_context(model)
             train_adapters(bank, budgeted, stats, tokenizer=backend.tokenizer,
                            device=backend.device, micro_batch_size=self.micro_batch_size,
                            max_seq_tokens=self.max_seq_tokens,
@@ -318,10 +320,7 @@ class PeftLoRAUpdate(OperatorBudgets):
         out = [(ids + [eos]) for ids in encoded if ids]
         cut = sum(len(ids) > limit for ids in out)
         if cut:
-            why = f"max_seq_tokens={self.max_seq_tokens}"
-            if context and context < self.max_seq_tokens:
-                why = f"the model's context of {context} tokens (max_seq_tokens is larger)"
-            stats.notes.append(f"{cut} of {len(out)} sequences cut to {limit} tokens: {why}")
+            stats.notes.append(cut_note(cut, len(out), limit, self.max_seq_tokens, context))
         return [ids[:limit] for ids in out]
 
     def _batches(self, encoded: list[list[int]], generator: torch.Generator) -> list[list[int]]:
@@ -400,7 +399,7 @@ class PeftLoRAUpdate(OperatorBudgets):
         max_seconds: float,
     ) -> None:
         device = backend.device
-        context = getattr(getattr(backend.model, "config", None), "max_position_embeddings", None)
+        context = model_context(backend.model)
         encoded = self._encode(backend.tokenizer, sequences, context, stats)
         stats.sequences = len(encoded)
         tokens_per_epoch = sum(len(ids) for ids in encoded)
