@@ -214,6 +214,7 @@ def make_backend(cfg: EnvConfig) -> HFBackend:
                            max_model_len=cfg.vllm_max_model_len,
                            max_loras=cfg.vllm_max_loras)
     return HFBackend(cfg.model, dtype=cfg.dtype, device=cfg.device,
+                     batch_size=cfg.generate_batch_size,
                      attn_implementation=cfg.attn_implementation)
 
 
@@ -274,7 +275,10 @@ class HFBackend:
             float32 elsewhere; :mod:`selfedit.envs.precision`), ``"float32"`` (default) or
             ``"bfloat16"``. The choice and its reason are in :attr:`precision`.
         device: ``"cpu"``, ``"cuda"``, ... (default: cuda when available).
-        batch_size: prompts per generate call.
+        batch_size: prompts per generate call. Decoding a small model on a CPU reads
+            every weight once per step whatever the batch, so wider batches are
+            nearly free per row: 64 answered the same questions ~2-3x faster than 16
+            (results/inner_loop_batched).
         chat: wrap prompts in the tokenizer's chat template when it has one.
         attn_implementation: transformers' attention kernel (``"sdpa"``, ``"eager"``);
             None = transformers' default. On a CPU, eager trains a bf16 model faster
@@ -288,7 +292,7 @@ class HFBackend:
         tokenizer: Any = None,
         dtype: str = "float32",
         device: str | None = None,
-        batch_size: int = 16,
+        batch_size: int = 64,
         chat: bool = True,
         attn_implementation: str | None = None,
     ) -> None:

@@ -59,6 +59,9 @@ class EnvConfig:
                                          "null (transformers' default, sdpa), 'sdpa' or "
                                          "'eager' (trains a bf16 model ~1.4x faster on a "
                                          "CPU: results/inner_loop)")
+    generate_batch_size: int = _f(64, "prompts per generate call of the hf engine (answers "
+                                  "and completions); decoding reads every weight once per "
+                                  "step, so wide batches are nearly free per row")
     engine: str = _f("hf", "generation engine for completions and answers: 'hf' "
                      "(transformers, CPU or GPU) or 'vllm' (a CUDA GPU; the LoRA adapter "
                      "travels with each request; LoRA training stays on transformers; "
@@ -160,7 +163,7 @@ class EnvConfig:
         positive = ("passages_per_step", "completions_per_passage", "completion_max_tokens",
                     "vllm_max_loras",
                     "answer_max_tokens", "answer_samples", "max_sequences", "max_seq_tokens",
-                    "max_train_tokens", "micro_batch_size")
+                    "max_train_tokens", "micro_batch_size", "generate_batch_size")
         for name in positive:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
