@@ -67,13 +67,13 @@ def test_grouped_matmuls_match_one_by_one(tiny_backend, monkeypatch) -> None:
     if not multilora._HAS_GROUPED_MM:
         pytest.skip("this torch has no grouped_mm")
     calls = []
-    grouped_delta = LoRABank._grouped_delta
+    grouped_pair = LoRABank._grouped_pair
 
-    def counted(self, plan, m, xs):
-        calls.append(len(plan.adapters))
-        return grouped_delta(self, plan, m, xs)
+    def counted(self, adapters, m, x, offs, scale):
+        calls.append(len(adapters))
+        return grouped_pair(self, adapters, m, x, offs, scale)
 
-    monkeypatch.setattr(LoRABank, "_grouped_delta", counted)
+    monkeypatch.setattr(LoRABank, "_grouped_pair", counted)
     hps = [Hyperparameters(lora_rank=8, learning_rate=1e-2, num_epochs=3),
            Hyperparameters(lora_rank=8, lora_alpha=4, learning_rate=5e-3, num_epochs=2,
                            gradient_accumulation_steps=2),
@@ -188,6 +188,23 @@ def test_packing_keeps_sequences_apart(tiny_backend, smol_tokenizer) -> None:
                 offset += len(e.ids)
 
 
+def test_packing_gives_each_adapter_one_block(smol_tokenizer) -> None:
+    """Adapters are laid out one after another: each one's tokens lie inside its own
+    block, and the blocks tile every position (padding included)."""
+    texts = [f"Fact {i}: the lamp of Orvel burns {'very ' * (i % 5)}bright oil." for i in range(9)]
+    encoded, _ = encode_sequences(smol_tokenizer, texts, 512)
+    batch = pack([(2, encoded[:4]), (0, encoded[4:5]), (1, encoded[5:])],
+                 smol_tokenizer.pad_token_id)
+    assert [k for k, _, _ in batch.spans] == [2, 0, 1]
+    assert batch.spans[0][1] == 0 and batch.spans[-1][2] == batch.input_ids.numel()
+    assert all(a[2] == b[1] for a, b in zip(batch.spans, batch.spans[1:]))
+    for (k, positions), (owner, start, end) in zip(batch.groups, batch.spans, strict=True):
+        assert k == owner and start <= int(positions.min()) and int(positions.max()) < end
+    real = sum(batch.real_tokens.values())
+    assert int((batch.input_ids != smol_tokenizer.pad_token_id).sum()) <= real
+    assert batch.input_ids.numel() < 1.5 * real  # rows stay mostly full
+
+
 def test_prompt_target_pairs_put_the_loss_on_the_target(smol_tokenizer) -> None:
     encoded, _ = encode_sequences(smol_tokenizer, [("Q: colour?", " Red.")], 512)
     (e,) = encoded
@@ -234,6 +251,36 @@ def test_bank_computes_what_peft_computes(tiny_backend, tmp_path) -> None:
         for name, weight in saved.items():
             model.get_submodule(name).weight.copy_(weight)
     torch.testing.assert_close(ours, folded, rtol=1e-4, atol=1e-5)
+
+
+def test_generation_adds_each_adapters_delta_to_its_own_block_of_rows(tiny_backend) -> None:
+    """Generation sorts its rows by adapter; each adapter's block then gets its delta in
+    place (no gather, no scatter): the same outputs as the gather path and the base."""
+    model = tiny_backend.model
+    bank = LoRABank(model, [(4, 16.0, 0.0, 3), (2, 4.0, 0.0, 4), (8, 8.0, 0.0, 5)],
+                    target_modules=DEFAULT_TARGET_MODULES)
+    try:
+        with torch.no_grad():
+            for pairs in bank.weights:
+                for _, b in pairs:
+                    b.normal_(0, 0.05)
+        module = bank.modules[0][1]
+        x = torch.randn(6, 3, module.in_features)
+        blocks, mixed = [None, 0, 0, 1, 2, 2], [0, None, 2, 1, 2, 0]
+        assert bank._make_route(blocks, flat=False).spans == ((0, 1, 3), (1, 3, 4), (2, 4, 6))
+        assert bank._make_route(mixed, flat=False).spans is None
+        with torch.no_grad():
+            base = module(x)
+            with bank.rows(blocks):
+                in_place = module(x)
+            perm = [1, 0, 4, 3, 5, 2]  # row i of the mixed batch is row perm[i] of x
+            with bank.rows(mixed):
+                gathered = module(x[perm])
+        torch.testing.assert_close(in_place[perm], gathered, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(in_place[0], base[0])  # the base's row: untouched
+        assert not torch.allclose(in_place[1:], base[1:])
+    finally:
+        bank.remove()
 
 
 def test_row_routing_rejects_bad_use(tiny_backend) -> None:
