@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -250,7 +251,8 @@ def test_fact_list_self_edits_do_not_beat_no_training_end_to_end() -> None:
             row.answers, golds, questions=[q.question for q in passage.questions],
             title=passage.title, context=passage.context, passage_golds=golds)
         for answer, score in zip(row.answers, scores, strict=True):
-            if grading.first_sentence(answer).count(",") >= 3:
+            # Three or more commas outside numbers ("1,800,000" is one number, not a list).
+            if re.sub(r"(?<=\d),(?=\d)", "", grading.first_sentence(answer)).count(",") >= 3:
                 assert score == 0.0, (row.strategy, answer)
     mean = {name: sum(v) / len(v) for name, v in by.items()}
     noise = 0.05  # six passages of ~11 questions: smaller differences are not resolved
