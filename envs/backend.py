@@ -278,7 +278,7 @@ class HFBackend:
         batch_size: prompts per generate call. Decoding a small model on a CPU reads
             every weight once per step whatever the batch, so wider batches are
             nearly free per row: 64 answered the same questions ~2-3x faster than 16
-            (results/inner_loop_batched).
+            (results/inner_loop_blocks).
         chat: wrap prompts in the tokenizer's chat template when it has one.
         attn_implementation: transformers' attention kernel (``"sdpa"``, ``"eager"``);
             None = transformers' default. On a CPU, eager trains a bf16 model faster

@@ -316,7 +316,8 @@ class LoRABank(HookedBank):
                 return output + self._delta(route.single, m, x).to(output.dtype)
             if route.index is None:
                 return None
-            if route.spans is not None and not torch.is_grad_enabled() and not self.training:
+            if (not route.flat and route.spans is not None and not torch.is_grad_enabled()
+                    and not self.training):
                 # Generation: each adapter's rows are one block; add its delta in place.
                 for k, start, end in route.spans:
                     output[start:end] += self._delta(k, m, x[start:end]).to(output.dtype)
@@ -345,27 +346,44 @@ class LoRABank(HookedBank):
         return hook
 
     # -- several adapters in one grouped matmul pair --------------------------------------
-    def _grouped(self, route: Route, m: int, xs: torch.Tensor) -> bool:
-        """Whether this pass serves its adapters with grouped matmuls (one pair per rank).
+    def _kernel_fits(self, m: int, ranks: Sequence[int], device: torch.device) -> bool:
+        """Whether torch's ``grouped_mm`` can serve module m for adapters of ``ranks``.
 
-        On the CPU, where torch's ``grouped_mm`` takes float32 (on CUDA it wants bf16 and a
-        recent GPU), with two or more adapters, no dropout mask to draw (each adapter's
-        masks come from its own generator, so the per-adapter path keeps them), and every
-        matrix row a multiple of 16 bytes (the kernel's alignment: ranks and widths that are
-        multiples of 4). Only while gradients are recorded: in training the grouped pair
-        saves K-1 autograd chains per module (joint training of 8 adapters 1.26x faster on
-        the embedded model); in generation, where each decode step re-stacks the adapters'
-        weights for a handful of rows, the per-adapter path measured ~10% faster.
+        On the CPU, where it takes float32 (on CUDA it wants bf16 and a recent GPU), with
+        every matrix row a multiple of 16 bytes (the kernel's alignment: ranks and widths
+        that are multiples of 4). Only while gradients are recorded: in training the
+        grouped pair saves K-1 autograd chains per module (joint training of 8 adapters
+        1.26x faster on the embedded model); in generation, where each decode step
+        re-stacks the adapters' weights for a handful of rows, the per-adapter path
+        measured ~10% faster.
         """
-        if not _HAS_GROUPED_MM or xs.device.type != "cpu" or len(route.groups) < 2:
-            return False
-        if not torch.is_grad_enabled():
-            return False
         module = self.modules[m][1]
-        if module.in_features % 4 or module.out_features % 4 or any(
-                self.ranks[k] % 4 for k, _ in route.groups):
+        return (_HAS_GROUPED_MM and device.type == "cpu" and torch.is_grad_enabled()
+                and not (module.in_features % 4 or module.out_features % 4
+                         or any(r % 4 for r in ranks)))
+
+    def _grouped(self, route: Route, m: int, xs: torch.Tensor) -> bool:
+        """Whether this pass serves its adapters with grouped matmuls (one pair per rank):
+        two or more adapters, the kernel fits (:meth:`_kernel_fits`), and no dropout mask
+        to draw (each adapter's masks come from its own generator, so the per-adapter path
+        keeps them)."""
+        if len(route.groups) < 2 or not self._kernel_fits(
+                m, [self.ranks[k] for k, _ in route.groups], xs.device):
             return False
         return not (self.training and any(self.dropouts[k] > 0 for k, _ in route.groups))
+
+    def _slices(self, adapters: Sequence[int], lengths: Sequence[int],
+                device: torch.device) -> tuple[torch.Tensor, float | torch.Tensor]:
+        """``grouped_mm``'s slice ends (int32) for ``adapters`` holding ``lengths`` rows of
+        the 2-D operand each, and their scaling: one float, or a (rows, 1) column when the
+        adapters' scalings differ."""
+        offs = torch.tensor(lengths, dtype=torch.long).cumsum(0).to(dtype=torch.int32,
+                                                                     device=device)
+        scalings = [self.scalings[k] for k in adapters]
+        if all(c == scalings[0] for c in scalings):
+            return offs, scalings[0]
+        return offs, torch.cat([torch.full((int(n), 1), c) for n, c in
+                                zip(lengths, scalings, strict=True)]).to(device)
 
     def _span_runs(self, route: Route) -> list[_SpanRun]:
         """The route's blocks, consecutive blocks of one rank merged into one run (built
@@ -381,27 +399,18 @@ class LoRABank(HookedBank):
             out = []
             device = self.modules[0][1].weight.device
             for run in runs:
-                start = run[0][1]
-                lengths = [end - begin for _, begin, end in run]
-                offs = torch.tensor(lengths).cumsum(0).to(dtype=torch.int32, device=device)
-                scalings = [self.scalings[k] for k, _, _ in run]
-                scale: float | torch.Tensor = scalings[0]
-                if any(c != scalings[0] for c in scalings):
-                    scale = torch.cat([torch.full((n, 1), c) for n, c in
-                                       zip(lengths, scalings, strict=True)]).to(device)
-                out.append(_SpanRun(tuple(run), start, run[-1][2], offs, scale))
+                offs, scale = self._slices([k for k, _, _ in run],
+                                           [end - begin for _, begin, end in run], device)
+                out.append(_SpanRun(tuple(run), run[0][1], run[-1][2], offs, scale))
             return out
 
         return self._per_route(route, "spans", build)
 
     def _run_delta(self, run: _SpanRun, m: int, xs: torch.Tensor) -> torch.Tensor:
         """The deltas of a run's blocks of ``xs`` (2-D), in order: one grouped matmul pair
-        where the kernel takes them (see :meth:`_grouped`), else adapter by adapter."""
-        module = self.modules[m][1]
-        rank = self.ranks[run.spans[0][0]]
-        if (len(run.spans) > 1 and _HAS_GROUPED_MM and xs.device.type == "cpu"
-                and torch.is_grad_enabled() and not (rank % 4 or module.in_features % 4
-                                                     or module.out_features % 4)):
+        where the kernel takes them (:meth:`_kernel_fits`), else adapter by adapter."""
+        if len(run.spans) > 1 and self._kernel_fits(m, [self.ranks[run.spans[0][0]]],
+                                                    xs.device):
             adapters = tuple(k for k, _, _ in run.spans)
             return self._grouped_pair(adapters, m, xs[run.start:run.end], run.offs, run.scale)
         parts = [self._delta(k, m, xs[begin:end]) for k, begin, end in run.spans]
@@ -418,13 +427,8 @@ class LoRABank(HookedBank):
             by_rank.setdefault(self.ranks[k], []).append((k, idx))
         plans = []
         for groups in by_rank.values():
-            counts = torch.tensor([len(idx) * width for _, idx in groups], dtype=torch.long)
-            offs = counts.cumsum(0).to(dtype=torch.int32, device=device)
-            scalings = [self.scalings[k] for k, _ in groups]
-            scale: float | torch.Tensor = scalings[0]
-            if any(c != scalings[0] for c in scalings):
-                scale = torch.cat([torch.full((int(n), 1), c) for n, c in
-                                   zip(counts.tolist(), scalings, strict=True)]).to(device)
+            offs, scale = self._slices([k for k, _ in groups],
+                                       [len(idx) * width for _, idx in groups], device)
             plans.append(_GroupPlan(tuple(k for k, _ in groups),
                                     torch.cat([idx for _, idx in groups]), offs, scale))
         return plans
