@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from selfedit.envs.config import ConfigError, EnvConfig
-from selfedit.envs.precision import PrecisionChoice, resolve_dtype
+from selfedit.envs.precision import PrecisionChoice, resolve_dtype, training_attention
 
 __all__ = [
     "EMBEDDED_MODEL",
@@ -281,8 +281,9 @@ class HFBackend:
             (results/inner_loop_blocks).
         chat: wrap prompts in the tokenizer's chat template when it has one.
         attn_implementation: transformers' attention kernel (``"sdpa"``, ``"eager"``);
-            None = transformers' default. On a CPU, eager trains a bf16 model faster
-            (``selfedit bench inner-loop``).
+            None = transformers' default, except that a bf16 model on a CPU trains with
+            eager, which is faster there (:attr:`train_attention`,
+            :func:`selfedit.envs.precision.training_attention`).
     """
 
     def __init__(
@@ -327,6 +328,8 @@ class HFBackend:
                     f"cannot load model {self.name!r} from {path}: {_first_line(err)}"
                 ) from err
         self.model.to(self.device).eval()
+        # The kernel update operators train with, where it differs from the model's own.
+        self.train_attention = training_attention(dtype, self.device.type, attn_implementation)
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.batch_size = batch_size

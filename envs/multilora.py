@@ -43,6 +43,7 @@ __all__ = [
     "LoRABank",
     "PackedBatch",
     "TrainingSequence",
+    "attention_kernel",
     "cut_note",
     "encode_sequences",
     "linear_targets",
@@ -641,12 +642,34 @@ def _fill_rows(batches: Sequence[tuple[int, Sequence[_Encoded]]],
     return rows
 
 
-_PACKING_OK: dict[int, bool] = {}
+@contextlib.contextmanager
+def attention_kernel(model: torch.nn.Module, name: str | None) -> Iterator[None]:
+    """Run the block with transformers' attention kernel ``name`` (None: leave the model as
+    it is), and give the model its own kernel back after, whatever happens inside.
+
+    For models that cannot switch kernels after loading (not written against transformers'
+    attention interface), nothing changes.
+    """
+    config = getattr(model, "config", None)
+    before = getattr(config, "_attn_implementation", None)
+    can_switch = getattr(model, "_can_set_attn_implementation", None)
+    if name is None or before is None or name == before or not (can_switch and can_switch()):
+        yield
+        return
+    model.set_attn_implementation(name)
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(before)
+
+
+_PACKING_OK: dict[tuple[int, str | None], bool] = {}
 
 
 @torch.no_grad()
 def packing_isolates(model: torch.nn.Module, device: torch.device) -> bool:
-    """Whether ``model`` keeps packed sequences apart (checked once per model object).
+    """Whether ``model`` keeps packed sequences apart (checked once per model object and
+    attention kernel).
 
     transformers builds a block-diagonal mask from ``position_ids`` that restart at 0, for
     the architectures whose masks go through its masking utilities. A model that ignores
@@ -654,7 +677,7 @@ def packing_isolates(model: torch.nn.Module, device: torch.device) -> bool:
     second sequence would depend on the first. Two packings that differ only in the first
     sequence tell: equal logits for the second mean the sequences are isolated.
     """
-    key = id(model)
+    key = (id(model), getattr(getattr(model, "config", None), "_attn_implementation", None))
     if key not in _PACKING_OK:
         second = [5, 6, 7, 8]
         rows = []

@@ -11,6 +11,7 @@
     selfedit continual --config configs/continual_cpu.yaml           # forgetting matrix
     selfedit arc-survey --config configs/arc_cpu.yaml  # which ARC tasks any recipe solves
     selfedit bench inner-loop          # lean inner loop vs a SEAL-style loop, FLOP fraction
+    selfedit bench train-attention     # training tokens/s under the sdpa and eager kernels
 
 ``env_id: selfedit/ARC-v0`` in a config runs ``selfedit run`` and ``selfedit train``
 (ReST-EM) on SEAL's ARC domain; ``selfedit keys --env selfedit/ARC-v0`` lists its env keys.
@@ -180,9 +181,10 @@ def _flag_values(args: argparse.Namespace, cls: type) -> dict[str, Any]:
 
 
 def _add_bench_commands(sub: argparse._SubParsersAction) -> None:
+    from selfedit.training.attention_bench import TrainAttentionConfig
     from selfedit.training.innerloop import InnerLoopConfig
 
-    bench = sub.add_parser("bench", help="speed benchmarks (inner-loop)")
+    bench = sub.add_parser("bench", help="speed benchmarks (inner-loop, train-attention)")
     kinds = bench.add_subparsers(dest="bench", required=True)
     inner = kinds.add_parser(
         "inner-loop", help="the project's inner loop against a SEAL-style reference on the "
@@ -193,6 +195,13 @@ def _add_bench_commands(sub: argparse._SubParsersAction) -> None:
     inner.add_argument("--report-only", type=Path, metavar="DIR",
                        help="rebuild DIR/report.md from DIR/report.json (no model is loaded)")
     inner.add_argument("overrides", nargs="*", help="key=value overrides, e.g. repeats=3")
+    attention = kinds.add_parser(
+        "train-attention", help="joint LoRA training under the sdpa and eager attention "
+        "kernels, alternating: tokens/s and their ratio on this machine",
+        description="Writes <output>/report.md and report.json (training/attention_bench.py).")
+    attention.add_argument("--config", type=Path, help="YAML file with the keys below")
+    _add_dataclass_flags(attention, TrainAttentionConfig)
+    attention.add_argument("overrides", nargs="*", help="key=value overrides, e.g. repeats=5")
 
 
 def _bench(args: argparse.Namespace, argv: list[str]) -> int:
@@ -203,6 +212,16 @@ def _bench(args: argparse.Namespace, argv: list[str]) -> int:
         run_inner_loop_bench,
     )
 
+    if args.bench == "train-attention":
+        from selfedit.training.attention_bench import (
+            TrainAttentionConfig,
+            run_train_attention_bench,
+        )
+
+        cfg_attention = load_experiment(TrainAttentionConfig, args.config, args.overrides,
+                                        values=_flag_values(args, TrainAttentionConfig))
+        run_train_attention_bench(cfg_attention, command=shlex.join(["selfedit", *argv]))
+        return 0
     if args.report_only is not None:
         print(rebuild_report(args.report_only))
         return 0

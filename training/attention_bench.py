@@ -1,0 +1,141 @@
+"""Which attention kernel trains faster here? ``selfedit bench train-attention``.
+
+The backend trains a bf16 model on a CPU with transformers' eager attention and answers
+with ``sdpa`` (:func:`selfedit.envs.precision.training_attention`). This bench is the
+measurement behind that choice, on the machine it runs on: the same K LoRA adapters (the
+sentences of K passages, ranks 8 and 16 in turn) are trained jointly with each kernel in
+turn, ``repeats`` times alternating, so that drift of a shared host hits both alike. It
+reports training tokens/s per kernel (median and best), their ratio, and the largest loss
+difference between the kernels (float32: rounding only; bf16: bf16 rounding), and writes
+``<output>/report.md`` and ``report.json`` with the command and the CPU flags.
+"""
+
+from __future__ import annotations
+
+import re
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from selfedit.envs.config import ConfigError, param
+
+__all__ = ["TrainAttentionConfig", "run_train_attention_bench"]
+
+KERNELS = ("sdpa", "eager")
+
+
+@dataclass
+class TrainAttentionConfig:
+    """What ``selfedit bench train-attention`` measures; every field is a command-line flag."""
+
+    model: str = param("embedded", "model: embedded, a hub id, a directory or a .gguf file")
+    dtype: str = param("auto", "weights dtype (auto: what the env would choose here)")
+    corpus: str = param("embedded", "passages whose sentences are the training data")
+    adapters: int = param(8, "adapters trained jointly (one passage each)")
+    sentences: int = param(10, "sentences of each passage to train on")
+    num_epochs: int = param(2, "epochs of every adapter")
+    repeats: int = param(3, "timed runs per kernel, alternating")
+    threads: int | None = param(None, "torch threads (default: torch's, all cores)")
+    output: str = param("results/train_attention", "report directory")
+
+    def __post_init__(self) -> None:
+        for name in ("adapters", "sentences", "num_epochs", "repeats"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got "
+                                  f"{getattr(self, name)}")
+
+
+def run_train_attention_bench(cfg: TrainAttentionConfig, *, command: str = "",
+                              log: Any = print) -> dict[str, Any]:
+    """Time joint training under each kernel; write and return the report."""
+    from selfedit.envs.backend import HFBackend
+    from selfedit.envs.corpus import load_corpus
+    from selfedit.envs.multilora import AdapterRequest, attention_kernel
+    from selfedit.envs.templates import Hyperparameters
+    from selfedit.envs.update import LoRAUpdate
+    from selfedit.training.innerloop import _flags
+    from selfedit.training.jsonio import write_json_atomic
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    backend = HFBackend(cfg.model, dtype=cfg.dtype, device="cpu")
+    corpus = load_corpus(cfg.corpus)
+    requests = []
+    for k in range(cfg.adapters):
+        passage = corpus[k % len(corpus)]
+        sentences = [s for s in re.split(r"(?<=[.!?])\s+", passage.context) if s]
+        hp = Hyperparameters(num_epochs=cfg.num_epochs, lora_rank=16 if k % 2 == 0 else 8,
+                             lora_alpha=16)
+        requests.append(AdapterRequest(sentences[: cfg.sentences], hp, seed=k))
+    operator = LoRAUpdate()
+    backend.train_attention = None  # each run below sets its kernel itself
+    log(f"dtype {backend.precision.dtype} ({backend.precision.reason}); "
+        f"{torch.get_num_threads()} threads; {cfg.adapters} adapters")
+    with operator.adapted_many(backend, requests[:1]):
+        pass  # warm-up: kernels chosen, allocator pools filled
+    rates: dict[str, list[float]] = {k: [] for k in KERNELS}
+    losses: dict[str, list[list[float]]] = {}
+    tokens = 0
+    for repeat in range(cfg.repeats):
+        for kernel in KERNELS:
+            with attention_kernel(backend.model, kernel):
+                start = time.perf_counter()
+                with operator.adapted_many(backend, requests) as stats:
+                    pass
+                seconds = time.perf_counter() - start
+            tokens = sum(s.train_tokens for s in stats)
+            rates[kernel].append(tokens / seconds)
+            losses[kernel] = [list(s.losses) for s in stats]
+            log(f"repeat {repeat + 1}/{cfg.repeats} {kernel}: {seconds:.2f} s, "
+                f"{tokens / seconds:.0f} tokens/s")
+    difference = max((abs(a - b) for x, y in zip(losses["sdpa"], losses["eager"], strict=True)
+                      for a, b in zip(x, y, strict=True)), default=0.0)
+    summary = {k: {"median": statistics.median(v), "best": max(v), "runs": v}
+               for k, v in rates.items()}
+    from selfedit.envs.precision import training_attention
+
+    report = {
+        "command": command, "config": asdict(cfg), "cpu_flags": _flags(),
+        "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "dtype": backend.precision.to_dict(), "train_tokens": tokens,
+        "tokens_per_s": summary,
+        "eager_vs_sdpa": {"median": summary["eager"]["median"] / summary["sdpa"]["median"],
+                          "best": summary["eager"]["best"] / summary["sdpa"]["best"]},
+        "max_loss_difference": difference,
+        "backend_trains_with": training_attention(backend.precision.dtype, "cpu", None)
+        or "the model's own kernel",
+    }
+    out = Path(cfg.output)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "report.json", report)
+    (out / "report.md").write_text(_markdown(report))
+    log(_markdown(report))
+    return report
+
+
+def _markdown(report: dict[str, Any]) -> str:
+    rates, ratio = report["tokens_per_s"], report["eager_vs_sdpa"]
+    lines = [
+        "# Training attention kernel: eager vs sdpa", "",
+        f"    {report['command']}", "",
+        f"dtype {report['dtype']['dtype']} ({report['dtype']['reason']}); "
+        f"{report['threads']} threads; torch {report['torch']}; CPU flags: "
+        f"{', '.join(report['cpu_flags']) or 'unknown'}.",
+        f"{report['config']['adapters']} adapters trained jointly, {report['train_tokens']} "
+        f"training tokens per run, {report['config']['repeats']} runs per kernel, alternating.",
+        "", "| kernel | tokens/s, median | best | runs |", "|---|---:|---:|---|",
+    ]
+    for kernel in KERNELS:
+        r = rates[kernel]
+        lines.append(f"| {kernel} | {r['median']:.0f} | {r['best']:.0f} | "
+                     f"{', '.join(f'{x:.0f}' for x in r['runs'])} |")
+    lines += ["", f"eager / sdpa: **{ratio['median']:.2f}x** (median), {ratio['best']:.2f}x "
+              "(best). Largest difference of a logged loss between the kernels: "
+              f"{report['max_loss_difference']:.2g}.",
+              f"The backend trains this dtype on a CPU with: {report['backend_trains_with']}.",
+              ""]
+    return "\n".join(lines)
