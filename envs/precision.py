@@ -190,10 +190,10 @@ def training_attention(dtype: str, device: str, requested: str | None) -> str | 
 
     transformers' default, ``sdpa``, is the faster kernel everywhere but one place: the
     backward pass of a bf16 model on a CPU, where the plain (``eager``) kernel trained the
-    embedded model ~1.3x faster (8 adapters, same run; ``results/train_attention/``).
-    Generation keeps ``sdpa`` there (eager answered ~1.25x slower), and float32 on a CPU
-    keeps it too (eager 0.9x under AVX2 kernels). An attention kernel the user chose is
-    never replaced.
+    embedded model 1.25x faster (8 adapters, median of 5 alternating runs;
+    ``results/train_attention/``). Generation keeps ``sdpa`` there (eager answered ~1.25x
+    slower), and float32 on a CPU keeps it too (eager 0.9-1.0x under AVX2 kernels: no gain,
+    so no change). An attention kernel the user chose is never replaced.
 
     >>> training_attention("bfloat16", "cpu", None)
     'eager'
