@@ -56,9 +56,10 @@ class EnvConfig:
                     "and ~60x slower than float32 on AVX2-only CPUs)")
     device: str | None = _f(None, "torch device; default cuda when available, else cpu")
     attn_implementation: str | None = _f(None, "attention kernel of the transformers model: "
-                                         "null (sdpa; a bf16 model on a CPU trains with "
-                                         "eager, 1.25x faster there: results/train_attention), "
-                                         "'sdpa' or 'eager' (used for everything)")
+                                         "null (transformers' default, sdpa), 'sdpa' or "
+                                         "'eager' (on a CPU trains a bf16 model 1.13x "
+                                         "faster in `selfedit bench train-attention`, no "
+                                         "faster end to end: results/train_attention)")
     generate_batch_size: int = _f(64, "prompts per generate call of the hf engine (answers "
                                   "and completions); decoding reads every weight once per "
                                   "step, so wide batches are nearly free per row")

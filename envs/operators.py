@@ -54,7 +54,6 @@ from selfedit.envs.multilora import (
     TrainingSequence,
     _epoch_plan,  # shared with the LoRA loop: the same data order for the same seed
     _forward_losses,  # shared with the LoRA loop: loss only where labels are
-    attention_kernel,
     cut_note,
     encode_sequences,
     linear_targets,
@@ -349,8 +348,7 @@ class FullFineTune:
             budget = self.max_seconds if max_seconds is None else min(self.max_seconds,
                                                                          max_seconds)
             start = time.perf_counter()
-            with attention_kernel(model, getattr(backend, "train_attention", None)):
-                self._train(backend, params, sequences, hp, seed, stats, start + budget)
+            self._train(backend, params, sequences, hp, seed, stats, start + budget)
             stats.seconds = time.perf_counter() - start
             for p in params:
                 p.grad = None

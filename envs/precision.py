@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 __all__ = ["NATIVE_BF16_FLAGS", "PrecisionChoice", "choose_dtype", "cpu_flags", "matmul_rate",
-           "resolve_dtype", "training_attention"]
+           "resolve_dtype"]
 
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 # bf16 must beat float32 by this factor in the probe: a bf16 model also pays casts at the
@@ -183,30 +183,6 @@ def resolve_dtype(dtype: str, device: str) -> PrecisionChoice:
             reason += (" (warning: this CPU has no native bfloat16, so bf16 matmuls are"
                        " emulated and very slow; use dtype: auto or float32)")
     return PrecisionChoice(dtype, reason, device)
-
-
-def training_attention(dtype: str, device: str, requested: str | None) -> str | None:
-    """The attention kernel to train with, where it differs from the model's (pure logic).
-
-    transformers' default, ``sdpa``, is the faster kernel everywhere but one place: the
-    backward pass of a bf16 model on a CPU, where the plain (``eager``) kernel trained the
-    embedded model 1.25x faster (8 adapters, median of 5 alternating runs;
-    ``results/train_attention/``). Generation keeps ``sdpa`` there (eager answered ~1.25x
-    slower), and float32 on a CPU keeps it too (eager 0.9-1.0x under AVX2 kernels: no gain,
-    so no change). An attention kernel the user chose is never replaced.
-
-    >>> training_attention("bfloat16", "cpu", None)
-    'eager'
-    >>> training_attention("float32", "cpu", None) is None
-    True
-    >>> training_attention("bfloat16", "cuda", None) is None
-    True
-    >>> training_attention("bfloat16", "cpu", "sdpa") is None  # the user's choice stands
-    True
-    """
-    if requested is None and dtype == "bfloat16" and device == "cpu":
-        return "eager"
-    return None
 
 
 def machine_precision() -> dict[str, Any]:

@@ -44,7 +44,6 @@ from selfedit.envs.multilora import (
     HookedBank,
     LoRABank,
     TrainingSequence,
-    attention_kernel,
     cut_note,
     model_context,
     train_adapters,
@@ -248,12 +247,11 @@ class BankUpdate(OperatorBudgets):
                 sequences = r.sequences if r.hyperparameters.num_epochs > 0 else []
                 budgeted.append(AdapterRequest(sequences, r.hyperparameters, r.seed, deadline))
             context = model_context(model)
-            with attention_kernel(model, getattr(backend, "train_attention", None)):
-                train_adapters(bank, budgeted, stats, tokenizer=backend.tokenizer,
-                               device=backend.device, micro_batch_size=self.micro_batch_size,
-                               max_seq_tokens=self.max_seq_tokens,
-                               max_train_tokens=self.max_train_tokens,
-                               max_batch_tokens=self.max_batch_tokens, context=context)
+            train_adapters(bank, budgeted, stats, tokenizer=backend.tokenizer,
+                           device=backend.device, micro_batch_size=self.micro_batch_size,
+                           max_seq_tokens=self.max_seq_tokens,
+                           max_train_tokens=self.max_train_tokens,
+                           max_batch_tokens=self.max_batch_tokens, context=context)
             self.bank = bank
             _call_hook(backend, "adapters_ready", bank)  # HF: row routing; vLLM: LoRARequests
             yield stats

@@ -1,20 +1,18 @@
-"""Training switches to the eager attention kernel where that is faster (bf16 on a CPU).
+"""Training under another attention kernel: ``attention_kernel`` and
+``selfedit bench train-attention`` (issue 11).
 
-The decision itself is a doctest of ``selfedit.envs.precision.training_attention``; here:
-the backend takes it, training runs under it, the model gets its own kernel back (after an
-error too), generation keeps ``sdpa``, and the switch does not change what is learned.
+The kernel is switched for the block and given back (after an error too), training under
+eager learns what training under sdpa learns (float32), packed sequences stay isolated
+under both, and the bench times both kernels and writes its report.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import pytest
 import torch
-from conftest import build_tiny_model
 
-from selfedit.envs.backend import HFBackend
 from selfedit.envs.multilora import AdapterRequest, attention_kernel, packing_isolates
 from selfedit.envs.templates import Hyperparameters
 from selfedit.envs.update import LoRAUpdate
@@ -26,44 +24,6 @@ FACTS = ["The lighthouse of Varnholt was lit in 1843.",
 
 def _kernel(model: torch.nn.Module) -> str:
     return model.config._attn_implementation
-
-
-def _kernels_seen(model: torch.nn.Module) -> tuple[list[tuple[str, bool]], Any]:
-    """(kernel, gradients on) of every pass through the decoder (training calls the decoder
-    alone, generation the whole model)."""
-    seen: list[tuple[str, bool]] = []
-
-    def hook(module, args, kwargs):  # noqa: ANN001, ARG001 - a forward pre-hook
-        seen.append((_kernel(model), torch.is_grad_enabled()))
-
-    return seen, model.get_decoder().register_forward_pre_hook(hook, with_kwargs=True)
-
-
-def test_bf16_backend_on_cpu_trains_eager_and_answers_sdpa(smol_tokenizer) -> None:
-    model = build_tiny_model(smol_tokenizer).to(torch.bfloat16)
-    backend = HFBackend(model, tokenizer=smol_tokenizer, device="cpu")
-    assert backend.precision.dtype == "bfloat16"
-    assert backend.train_attention == "eager"
-    assert _kernel(model) == "sdpa"
-    seen, handle = _kernels_seen(model)
-    request = AdapterRequest(FACTS, Hyperparameters(num_epochs=3, learning_rate=5e-3), seed=0)
-    try:
-        with LoRAUpdate(micro_batch_size=2).adapted_many(backend, [request]) as stats:
-            training = {kernel for kernel, grad in seen if grad}
-            seen.clear()
-            backend.generate(["When was the lighthouse lit?"], max_new_tokens=4, adapters=[0])
-            answering = {kernel for kernel, _ in seen}
-    finally:
-        handle.remove()
-    assert stats[0].optimizer_steps > 0 and stats[0].loss_last < stats[0].loss_first
-    assert training == {"eager"}
-    assert answering == {"sdpa"}
-    assert _kernel(model) == "sdpa"  # given back
-
-
-def test_float32_is_left_alone(tiny_backend) -> None:
-    assert tiny_backend.precision.dtype == "float32"
-    assert tiny_backend.train_attention is None
 
 
 def test_the_model_gets_its_kernel_back_after_an_error(tiny_backend) -> None:
@@ -78,18 +38,19 @@ def test_the_model_gets_its_kernel_back_after_an_error(tiny_backend) -> None:
 
 def test_eager_training_learns_what_sdpa_training_learns(tiny_backend) -> None:
     """float32: the two kernels compute the same attention, so the same adapter (loss curve
-    and greedy answers) comes out; packed sequences stay isolated under eager."""
+    and greedy answers) comes out; packed sequences stay isolated under both."""
     model = tiny_backend.model
     request = AdapterRequest(FACTS, Hyperparameters(num_epochs=4, learning_rate=5e-3), seed=3)
     runs = {}
     for kernel in ("sdpa", "eager"):
-        tiny_backend.train_attention = kernel
-        with LoRAUpdate(micro_batch_size=2).adapted_many(tiny_backend, [request]) as stats:
+        with attention_kernel(model, kernel), \
+                LoRAUpdate(micro_batch_size=2).adapted_many(tiny_backend, [request]) as stats:
+            assert _kernel(model) == kernel
+            assert packing_isolates(model, tiny_backend.device)
             answers = tiny_backend.generate(["Who kept the lighthouse?", "What did it burn?"],
                                             max_new_tokens=8, adapters=[0, 0])
         runs[kernel] = (stats[0].losses, answers)
-        with attention_kernel(model, kernel):
-            assert packing_isolates(model, tiny_backend.device)
+        assert _kernel(model) == "sdpa"
     (sdpa_losses, sdpa_answers), (eager_losses, eager_answers) = runs["sdpa"], runs["eager"]
     assert len(sdpa_losses) > 2 and sdpa_losses[-1] < sdpa_losses[0]
     assert eager_losses == pytest.approx(sdpa_losses, rel=1e-4, abs=1e-5)
@@ -101,7 +62,7 @@ def test_bench_times_both_kernels_and_writes_its_report(tiny_model_dir, tmp_path
 
     out = tmp_path / "attention"
     code = main(["bench", "train-attention", "--model", str(tiny_model_dir), "--dtype",
-                 "float32", "--adapters", "2", "--sentences", "3", "--repeats", "1",
+                 "float32", "--data", "passages", "--adapters", "2", "--repeats", "1",
                  "--threads", "1", "--output", str(out)])
     assert code == 0
     report = json.loads((out / "report.json").read_text())
@@ -111,7 +72,6 @@ def test_bench_times_both_kernels_and_writes_its_report(tiny_model_dir, tmp_path
     ratio = report["tokens_per_s"]["eager"]["median"] / report["tokens_per_s"]["sdpa"]["median"]
     assert report["eager_vs_sdpa"]["median"] == pytest.approx(ratio)
     assert report["max_loss_difference"] < 1e-4  # float32: the kernels agree
-    assert report["backend_trains_with"] == "the model's own kernel"
     assert "eager / sdpa" in (out / "report.md").read_text()
 
 
@@ -121,3 +81,5 @@ def test_bench_rejects_nonsense(tmp_path) -> None:
 
     with pytest.raises(ConfigError, match="--adapters must be >= 1"):
         TrainAttentionConfig(adapters=0)
+    with pytest.raises(ConfigError, match="--data must be sentences or passages"):
+        TrainAttentionConfig(data="paragraphs")

@@ -465,13 +465,9 @@ def summary_table(summaries: list[AgentSummary], *, grader: str,
 
 
 def _precision(env: Any) -> dict[str, Any] | None:
-    """The env's weights dtype and why it was chosen (``dtype: auto``, issue 11), and the
-    attention kernel training switches to where it differs from the model's."""
-    backend = getattr(env, "backend", None)
-    choice = getattr(backend, "precision", None)
-    if choice is None:
-        return None
-    return {**choice.to_dict(), "train_attention": getattr(backend, "train_attention", None)}
+    """The env's weights dtype and why it was chosen (``dtype: auto``, issue 11)."""
+    choice = getattr(getattr(env, "backend", None), "precision", None)
+    return choice.to_dict() if choice is not None else None
 
 
 def load_run_config(run_dir: Path) -> RunConfig:
