@@ -106,16 +106,6 @@ class Route:
 
 
 @dataclass(frozen=True)
-class _GroupPlan:
-    """Adapters of one rank served by one grouped matmul pair in a pass."""
-
-    adapters: tuple[int, ...]
-    index: torch.Tensor  # their positions (rows or flat tokens), adapter after adapter
-    offs: torch.Tensor  # int32 ends of each adapter's slice of the 2-D operand
-    scale: float | torch.Tensor  # one scaling, or (positions, 1) when they differ
-
-
-@dataclass(frozen=True)
 class _SpanRun:
     """Consecutive blocks (adapter, start, end) of adapters of one rank in a packed batch."""
 
@@ -330,16 +320,12 @@ class LoRABank(HookedBank):
                 parts = [self._run_delta(run, m, xs) for run in self._span_runs(route)]
                 delta = parts[0] if len(parts) == 1 else torch.cat(parts)
                 return output + delta.view_as(output).to(output.dtype)
+            # Anything else (dropout masks to draw per adapter, rows not sorted by adapter,
+            # gradients through generation): gather each adapter's positions, add back.
             if route.flat:
                 xs, out = x.reshape(-1, x.shape[-1]), output.reshape(-1, output.shape[-1])
             else:
                 xs, out = x, output
-            if self._grouped(route, m, xs):
-                merged = out
-                for plan in self._plans(route, xs):
-                    merged = merged.index_add(0, plan.index, self._grouped_delta(plan, m, xs)
-                                              .to(out.dtype))
-                return merged.view_as(output)
             deltas = [self._delta(k, m, xs.index_select(0, idx)) for k, idx in route.groups]
             merged = out.index_add(0, route.index, torch.cat(deltas).to(out.dtype))
             return merged.view_as(output)
@@ -362,16 +348,6 @@ class LoRABank(HookedBank):
         return (_HAS_GROUPED_MM and device.type == "cpu" and torch.is_grad_enabled()
                 and not (module.in_features % 4 or module.out_features % 4
                          or any(r % 4 for r in ranks)))
-
-    def _grouped(self, route: Route, m: int, xs: torch.Tensor) -> bool:
-        """Whether this pass serves its adapters with grouped matmuls (one pair per rank):
-        two or more adapters, the kernel fits (:meth:`_kernel_fits`), and no dropout mask
-        to draw (each adapter's masks come from its own generator, so the per-adapter path
-        keeps them)."""
-        if len(route.groups) < 2 or not self._kernel_fits(
-                m, [self.ranks[k] for k, _ in route.groups], xs.device):
-            return False
-        return not (self.training and any(self.dropouts[k] > 0 for k, _ in route.groups))
 
     def _slices(self, adapters: Sequence[int], lengths: Sequence[int],
                 device: torch.device) -> tuple[torch.Tensor, float | torch.Tensor]:
@@ -416,35 +392,6 @@ class LoRABank(HookedBank):
             return self._grouped_pair(adapters, m, xs[run.start:run.end], run.offs, run.scale)
         parts = [self._delta(k, m, xs[begin:end]) for k, begin, end in run.spans]
         return parts[0] if len(parts) == 1 else torch.cat(parts)
-
-    def _plans(self, route: Route, xs: torch.Tensor) -> list[_GroupPlan]:
-        """The route's adapters grouped by rank (built once per route and row width)."""
-        width = 1 if route.flat else math.prod(xs.shape[1:-1])  # tokens per routed index
-        return self._per_route(route, width, lambda: self._build_plans(route, width, xs.device))
-
-    def _build_plans(self, route: Route, width: int, device: torch.device) -> list[_GroupPlan]:
-        by_rank: dict[int, list[tuple[int, torch.Tensor]]] = {}
-        for k, idx in route.groups:
-            by_rank.setdefault(self.ranks[k], []).append((k, idx))
-        plans = []
-        for groups in by_rank.values():
-            offs, scale = self._slices([k for k, _ in groups],
-                                       [len(idx) * width for _, idx in groups], device)
-            plans.append(_GroupPlan(tuple(k for k, _ in groups),
-                                    torch.cat([idx for _, idx in groups]), offs, scale))
-        return plans
-
-    def _grouped_delta(self, plan: _GroupPlan, m: int, xs: torch.Tensor) -> torch.Tensor:
-        """``scaling_k * B_k A_k x`` for every position of the plan's adapters, in its order.
-
-        The same products as :meth:`_delta` (no dropout): the positions of adapter k form
-        the k-th slice of one 2-D operand (``offs``), and ``grouped_mm`` multiplies each
-        slice by its own adapter's matrix, so one op serves K adapters instead of K.
-        """
-        x = xs.index_select(0, plan.index)  # (n, ..., in): the plan's positions in order
-        d = self._grouped_pair(plan.adapters, m, x.reshape(-1, x.shape[-1]), plan.offs,
-                               plan.scale)  # (n * width, out)
-        return d.view(*x.shape[:-1], d.shape[-1])
 
     def _grouped_pair(self, adapters: tuple[int, ...], m: int, x: torch.Tensor,
                       offs: torch.Tensor, scale: float | torch.Tensor) -> torch.Tensor:
