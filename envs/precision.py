@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 __all__ = ["NATIVE_BF16_FLAGS", "PrecisionChoice", "choose_dtype", "cpu_flags", "matmul_rate",
-           "resolve_dtype"]
+           "resolve_dtype", "speed_flags"]
 
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 # bf16 must beat float32 by this factor in the probe: a bf16 model also pays casts at the
@@ -68,6 +68,15 @@ def cpu_flags(cpuinfo: str | None = None) -> frozenset[str] | None:
         if key.strip() in ("flags", "Features"):  # x86, ARM
             return frozenset(value.split())
     return None
+
+
+def speed_flags() -> list[str]:
+    """The CPU flags that decide a timing here (vector width, bf16, AMX, VNNI), in a fixed
+    order, for benchmark reports: a figure means little without them."""
+    wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_vnni",
+              "avx_vnni")
+    flags = cpu_flags() or frozenset()
+    return [f for f in wanted if f in flags]
 
 
 def matmul_rate(dtype: torch.dtype, *, size: int = 256, seconds: float = 0.03) -> float:

@@ -15,7 +15,6 @@ command and the CPU flags.
 
 from __future__ import annotations
 
-import re
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -62,10 +61,11 @@ def run_train_attention_bench(cfg: TrainAttentionConfig, *, command: str = "",
     from selfedit.envs.backend import HFBackend
     from selfedit.envs.corpus import load_corpus
     from selfedit.envs.multilora import AdapterRequest, attention_kernel
+    from selfedit.envs.precision import speed_flags
     from selfedit.envs.templates import Hyperparameters
     from selfedit.envs.update import LoRAUpdate
-    from selfedit.training.innerloop import _flags
     from selfedit.training.jsonio import write_json_atomic
+    from selfedit.training.recitation import passage_sentences
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -78,7 +78,7 @@ def run_train_attention_bench(cfg: TrainAttentionConfig, *, command: str = "",
         if cfg.data == "passages":
             sequences = [text, text[: len(text) // 2]]
         else:
-            sequences = [s for s in re.split(r"(?<=[.!?])\s+", text) if s][: cfg.sentences]
+            sequences = passage_sentences(text)[: cfg.sentences]
         hp = Hyperparameters(num_epochs=cfg.num_epochs, lora_rank=16 if k % 2 == 0 else 8,
                              lora_alpha=16)
         requests.append(AdapterRequest(sequences, hp, seed=k))
@@ -107,7 +107,7 @@ def run_train_attention_bench(cfg: TrainAttentionConfig, *, command: str = "",
     summary = {k: {"median": statistics.median(v), "best": max(v), "runs": v}
                for k, v in rates.items()}
     report = {
-        "command": command, "config": asdict(cfg), "cpu_flags": _flags(),
+        "command": command, "config": asdict(cfg), "cpu_flags": speed_flags(),
         "torch": torch.__version__, "threads": torch.get_num_threads(),
         "dtype": backend.precision.to_dict(), "train_tokens": tokens,
         "tokens_per_s": summary,
@@ -117,8 +117,9 @@ def run_train_attention_bench(cfg: TrainAttentionConfig, *, command: str = "",
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "report.json", report)
-    (out / "report.md").write_text(_markdown(report))
-    log(_markdown(report))
+    markdown = _markdown(report)
+    (out / "report.md").write_text(markdown)
+    log(markdown)
     return report
 
 

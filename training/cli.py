@@ -181,53 +181,50 @@ def _flag_values(args: argparse.Namespace, cls: type) -> dict[str, Any]:
 
 
 def _add_bench_commands(sub: argparse._SubParsersAction) -> None:
-    from selfedit.training.attention_bench import TrainAttentionConfig
-    from selfedit.training.innerloop import InnerLoopConfig
-
     bench = sub.add_parser("bench", help="speed benchmarks (inner-loop, train-attention)")
     kinds = bench.add_subparsers(dest="bench", required=True)
-    inner = kinds.add_parser(
-        "inner-loop", help="the project's inner loop against a SEAL-style reference on the "
-        "same work, matmul peak, FLOP fraction, generation tokens/s, memory",
-        description="Writes <output>/report.md and report.json (see training/innerloop.py).")
-    inner.add_argument("--config", type=Path, help="YAML file with the keys below")
-    _add_dataclass_flags(inner, InnerLoopConfig)
+    inner = _bench_parser(
+        kinds, "inner-loop", help="the project's inner loop against a SEAL-style reference on "
+        "the same work, matmul peak, FLOP fraction, generation tokens/s, memory",
+        module="innerloop", example="repeats=3")
     inner.add_argument("--report-only", type=Path, metavar="DIR",
                        help="rebuild DIR/report.md from DIR/report.json (no model is loaded)")
-    inner.add_argument("overrides", nargs="*", help="key=value overrides, e.g. repeats=3")
-    attention = kinds.add_parser(
-        "train-attention", help="joint LoRA training under the sdpa and eager attention "
-        "kernels, alternating: tokens/s and their ratio on this machine",
-        description="Writes <output>/report.md and report.json (training/attention_bench.py).")
-    attention.add_argument("--config", type=Path, help="YAML file with the keys below")
-    _add_dataclass_flags(attention, TrainAttentionConfig)
-    attention.add_argument("overrides", nargs="*", help="key=value overrides, e.g. repeats=5")
+    _bench_parser(kinds, "train-attention", help="joint LoRA training under the sdpa and eager "
+                  "attention kernels, alternating: tokens/s and their ratio on this machine",
+                  module="attention_bench", example="repeats=5")
+
+
+def _benches() -> dict[str, tuple[type, Any]]:
+    """Each ``selfedit bench`` kind: its config dataclass and the function that runs it."""
+    from selfedit.training.attention_bench import TrainAttentionConfig, run_train_attention_bench
+    from selfedit.training.innerloop import InnerLoopConfig, run_inner_loop_bench
+
+    return {"inner-loop": (InnerLoopConfig, run_inner_loop_bench),
+            "train-attention": (TrainAttentionConfig, run_train_attention_bench)}
+
+
+def _bench_parser(kinds: argparse._SubParsersAction, name: str, *, help: str,  # noqa: A002
+                  module: str, example: str) -> argparse.ArgumentParser:
+    """A ``selfedit bench`` kind: --config, one flag per config field, key=value overrides."""
+    parser = kinds.add_parser(name, help=help, description="Writes <output>/report.md and "
+                              f"report.json (see training/{module}.py).")
+    parser.add_argument("--config", type=Path, help="YAML file with the keys below")
+    _add_dataclass_flags(parser, _benches()[name][0])
+    parser.add_argument("overrides", nargs="*", help=f"key=value overrides, e.g. {example}")
+    return parser
 
 
 def _bench(args: argparse.Namespace, argv: list[str]) -> int:
     from selfedit.training.experiment import load_experiment
-    from selfedit.training.innerloop import (
-        InnerLoopConfig,
-        rebuild_report,
-        run_inner_loop_bench,
-    )
+    from selfedit.training.innerloop import rebuild_report
 
-    if args.bench == "train-attention":
-        from selfedit.training.attention_bench import (
-            TrainAttentionConfig,
-            run_train_attention_bench,
-        )
-
-        cfg_attention = load_experiment(TrainAttentionConfig, args.config, args.overrides,
-                                        values=_flag_values(args, TrainAttentionConfig))
-        run_train_attention_bench(cfg_attention, command=shlex.join(["selfedit", *argv]))
-        return 0
-    if args.report_only is not None:
+    if getattr(args, "report_only", None) is not None:
         print(rebuild_report(args.report_only))
         return 0
-    cfg = load_experiment(InnerLoopConfig, args.config, args.overrides,
-                          values=_flag_values(args, InnerLoopConfig))
-    run_inner_loop_bench(cfg, command=shlex.join(["selfedit", *argv]))
+    config_class, run = _benches()[args.bench]
+    cfg = load_experiment(config_class, args.config, args.overrides,
+                          values=_flag_values(args, config_class))
+    run(cfg, command=shlex.join(["selfedit", *argv]))
     return 0
 
 

@@ -387,7 +387,7 @@ _TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16"
 def run_inner_loop_bench(cfg: InnerLoopConfig, *, command: str = "",
                          log: Any = print) -> dict[str, Any]:
     """Run every measurement; write ``report.md`` and ``report.json``; return the report."""
-    from selfedit.envs.precision import machine_precision
+    from selfedit.envs.precision import machine_precision, speed_flags
     from selfedit.training.innerloop_report import report_markdown
     from selfedit.training.provenance import machine_description
 
@@ -401,7 +401,7 @@ def run_inner_loop_bench(cfg: InnerLoopConfig, *, command: str = "",
     params = base_parameters(env.backend.model)
     report: dict[str, Any] = {
         "command": command, "config": asdict(cfg),
-        "machine": {**machine_description(), **machine_precision(), "cpu_flags": _flags()},
+        "machine": {**machine_description(), **machine_precision(), "cpu_flags": speed_flags()},
         "threads": torch.get_num_threads(), "dtype": env.backend.precision.to_dict(),
         "base_parameters": params,
     }
@@ -489,15 +489,6 @@ def _checkpoint(cfg: InnerLoopConfig, report: dict[str, Any], section: str) -> N
     done), so a run killed later (out of memory, out of time) keeps its measurements; the
     finished run overwrites it with the whole report."""
     _write_json(cfg, {**report, "partial": section})
-
-
-def _flags() -> list[str]:
-    from selfedit.envs.precision import cpu_flags
-
-    wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_vnni",
-              "avx_vnni")
-    flags = cpu_flags() or frozenset()
-    return [f for f in wanted if f in flags]
 
 
 def rebuild_report(directory: Path) -> str:
