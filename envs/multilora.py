@@ -43,7 +43,6 @@ __all__ = [
     "LoRABank",
     "PackedBatch",
     "TrainingSequence",
-    "attention_kernel",
     "cut_note",
     "encode_sequences",
     "linear_targets",
@@ -587,27 +586,6 @@ def _fill_rows(batches: Sequence[tuple[int, Sequence[_Encoded]]],
                 rows.append([i])
                 room.append(width - n)
     return rows
-
-
-@contextlib.contextmanager
-def attention_kernel(model: torch.nn.Module, name: str | None) -> Iterator[None]:
-    """Run the block with transformers' attention kernel ``name`` (None: leave the model as
-    it is), and give the model its own kernel back after, whatever happens inside.
-
-    For models that cannot switch kernels after loading (not written against transformers'
-    attention interface), nothing changes.
-    """
-    config = getattr(model, "config", None)
-    before = getattr(config, "_attn_implementation", None)
-    can_switch = getattr(model, "_can_set_attn_implementation", None)
-    if name is None or before is None or name == before or not (can_switch and can_switch()):
-        yield
-        return
-    model.set_attn_implementation(name)
-    try:
-        yield
-    finally:
-        model.set_attn_implementation(before)
 
 
 _PACKING_OK: dict[tuple[int, str | None], bool] = {}

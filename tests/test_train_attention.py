@@ -13,9 +13,10 @@ import json
 import pytest
 import torch
 
-from selfedit.envs.multilora import AdapterRequest, attention_kernel, packing_isolates
+from selfedit.envs.multilora import AdapterRequest, packing_isolates
 from selfedit.envs.templates import Hyperparameters
 from selfedit.envs.update import LoRAUpdate
+from selfedit.training.attention_bench import attention_kernel
 
 FACTS = ["The lighthouse of Varnholt was lit in 1843.",
          "Its keeper, Ilse Marrow, kept it for forty years.",
@@ -83,3 +84,19 @@ def test_bench_rejects_nonsense(tmp_path) -> None:
         TrainAttentionConfig(adapters=0)
     with pytest.raises(ConfigError, match="--data must be sentences or passages"):
         TrainAttentionConfig(data="paragraphs")
+
+
+def test_bench_says_so_when_the_model_cannot_switch_kernels(tiny_model_dir, tmp_path,
+                                                             monkeypatch) -> None:
+    from transformers import LlamaForCausalLM
+
+    from selfedit.envs.config import ConfigError
+    from selfedit.training.attention_bench import TrainAttentionConfig, run_train_attention_bench
+
+    monkeypatch.setattr(LlamaForCausalLM, "_can_set_attn_implementation",
+                        classmethod(lambda cls: False))
+    cfg = TrainAttentionConfig(model=str(tiny_model_dir), dtype="float32", adapters=1,
+                               sentences=2, repeats=1, output=str(tmp_path / "out"))
+    with pytest.raises(ConfigError, match="cannot switch its attention kernel to 'eager'"):
+        run_train_attention_bench(cfg, log=lambda _: None)
+    assert not (tmp_path / "out").exists()  # no half-made report

@@ -15,8 +15,10 @@ command and the CPU flags.
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,7 @@ import torch
 
 from selfedit.envs.config import ConfigError, param
 
-__all__ = ["TrainAttentionConfig", "run_train_attention_bench"]
+__all__ = ["TrainAttentionConfig", "attention_kernel", "run_train_attention_bench"]
 
 KERNELS = ("sdpa", "eager")
 
@@ -55,12 +57,33 @@ class TrainAttentionConfig:
                                   f"{getattr(self, name)}")
 
 
+@contextlib.contextmanager
+def attention_kernel(model: torch.nn.Module, name: str | None) -> Iterator[None]:
+    """Run the block with transformers' attention kernel ``name`` (None: leave the model as
+    it is), and give the model its own kernel back after, whatever happens inside.
+
+    A model that cannot switch kernels after loading (one not written against
+    transformers' attention interface) is left as it is; the bench checks and says so.
+    """
+    config = getattr(model, "config", None)
+    before = getattr(config, "_attn_implementation", None)
+    can_switch = getattr(model, "_can_set_attn_implementation", None)
+    if name is None or before is None or name == before or not (can_switch and can_switch()):
+        yield
+        return
+    model.set_attn_implementation(name)
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(before)
+
+
 def run_train_attention_bench(cfg: TrainAttentionConfig, *, command: str = "",
                               log: Any = print) -> dict[str, Any]:
     """Time joint training under each kernel; write and return the report."""
     from selfedit.envs.backend import HFBackend
     from selfedit.envs.corpus import load_corpus
-    from selfedit.envs.multilora import AdapterRequest, attention_kernel
+    from selfedit.envs.multilora import AdapterRequest
     from selfedit.envs.precision import speed_flags
     from selfedit.envs.templates import Hyperparameters
     from selfedit.envs.update import LoRAUpdate
@@ -93,6 +116,10 @@ def run_train_attention_bench(cfg: TrainAttentionConfig, *, command: str = "",
     for repeat in range(cfg.repeats):
         for kernel in KERNELS:
             with attention_kernel(backend.model, kernel):
+                if backend.model.config._attn_implementation != kernel:
+                    raise ConfigError(f"model {cfg.model!r} cannot switch its attention kernel "
+                                      f"to {kernel!r} after loading; this bench needs one that "
+                                      "can (transformers' attention interface)")
                 start = time.perf_counter()
                 with operator.adapted_many(backend, requests) as stats:
                     pass
