@@ -180,6 +180,33 @@ def test_cohen_kappa_edge_cases() -> None:
     assert (a.precision, a.recall, a.agreement) == (1.0, 0.0, 0.75)
 
 
+def test_kappa_interval_covers_the_estimate_and_widens_for_clustered_items() -> None:
+    """The bootstrap interval holds the point estimate, is reproducible, narrows with more
+    items, and is wider when errors come in whole passages than when they are spread."""
+    labels = [1, 0, 0, 0] * 30  # 120 items, 30 correct
+    verdicts = list(labels)
+    for i in range(0, 120, 10):  # 12 disagreements
+        verdicts[i] = 1 - verdicts[i]
+    kappa = validity.cohen_kappa(labels, verdicts)
+    low, high = validity.kappa_interval(labels, verdicts)
+    assert low < kappa < high and (low, high) == validity.kappa_interval(labels, verdicts)
+    small = validity.kappa_interval(labels[:40], verdicts[:40])
+    assert small[1] - small[0] > high - low
+    # The same items in 12 passages of 10, every disagreement inside the first three.
+    clustered_verdicts = list(labels)
+    for i in range(12):
+        clustered_verdicts[i] = 1 - clustered_verdicts[i]
+    passages = [f"p{i // 10}" for i in range(120)]
+    assert validity.cohen_kappa(labels, clustered_verdicts) == pytest.approx(kappa, abs=0.05)
+    by_item = validity.kappa_interval(labels, clustered_verdicts)
+    by_passage = validity.kappa_interval(labels, clustered_verdicts, passages)
+    assert by_passage[1] - by_passage[0] > 1.5 * (by_item[1] - by_item[0])
+    with pytest.raises(ValueError, match="one cluster per item"):
+        validity.kappa_interval(labels, verdicts, passages[:5])
+    with pytest.raises(ValueError, match="resamples"):
+        validity.kappa_interval(labels, verdicts, resamples=10)
+
+
 def test_committed_labels_file_is_complete() -> None:
     items = validity.load_labels(LABELS)
     assert len(items) >= 200

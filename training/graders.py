@@ -18,7 +18,9 @@ the env hands them over
 is graded with its own question and golds only.
 
 For every grader the table reports agreement, precision and recall (of "correct" verdicts)
-and Cohen's kappa, per split and over all items.
+and Cohen's kappa with a 95% bootstrap interval, per split and over all items. The interval
+resamples passages, not items (answers to one passage's questions are not independent), so
+it says which kappa differences a split of this size can resolve at all.
 
 Wiring: either ``add_subcommand(subparsers)`` plus ``main(args)``, or a command of the CLI's
 own that calls :func:`graders_command` with the same options.
@@ -29,10 +31,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from selfedit.envs import grading
 
@@ -44,6 +49,7 @@ __all__ = [
     "cohen_kappa",
     "grade_items",
     "graders_command",
+    "kappa_interval",
     "load_labels",
     "main",
     "validity_report",
@@ -63,6 +69,7 @@ class LabelledItem:
     qi: int = 0
     passage: dict[str, Any] | None = None  # title, context, questions, golds
     source: str = ""
+    cluster: str = ""  # the passage the item belongs to (the bootstrap resamples these)
 
 
 @dataclass(frozen=True)
@@ -116,6 +123,59 @@ def cohen_kappa(labels: Sequence[int], verdicts: Sequence[int]) -> float:
     if expected == 1.0:
         return 1.0
     return (observed - expected) / (1 - expected)
+
+
+def kappa_interval(labels: Sequence[int], verdicts: Sequence[int],
+                   clusters: Sequence[str] | None = None, *, confidence: float = 0.95,
+                   resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of :func:`cohen_kappa`, resampling whole clusters.
+
+    Items of one cluster (answers about one passage) are drawn together, so the interval
+    does not pretend they are independent; without ``clusters`` every item is its own.
+    Deterministic for a given ``seed``.
+
+    Args:
+        labels: The reference ratings, 0 or 1.
+        verdicts: The other rater's ratings, 0 or 1, same order.
+        clusters: A cluster name per item (default: one cluster per item).
+        confidence: Coverage of the interval, in (0, 1).
+        resamples: Bootstrap resamples, at least 100.
+        seed: Seed of the resampling.
+
+    Returns:
+        (low, high).
+
+    Raises:
+        ValueError: For sequences of different lengths, no items, values other than 0/1,
+            or ``confidence``/``resamples`` out of range.
+
+    >>> labels = [1, 1, 0, 0, 0, 0, 1, 0, 0, 0] * 3
+    >>> low, high = kappa_interval(labels, labels[:-1] + [1])
+    >>> round(low, 3) < cohen_kappa(labels, labels[:-1] + [1]) <= high <= 1.0
+    True
+    >>> kappa_interval(labels, labels)
+    (1.0, 1.0)
+    """
+    cohen_kappa(labels, verdicts)  # validates
+    if clusters is not None and len(clusters) != len(labels):
+        raise ValueError(f"clusters must name one cluster per item: {len(clusters)} for "
+                         f"{len(labels)} items")
+    if not 0 < confidence < 1 or resamples < 100:
+        raise ValueError(f"confidence must be in (0, 1) and resamples >= 100, got "
+                         f"{confidence} and {resamples}")
+    members: dict[str, list[int]] = defaultdict(list)
+    for i, name in enumerate(clusters if clusters is not None else map(str, range(len(labels)))):
+        members[name].append(i)
+    groups = [np.array(index) for index in members.values()]
+    a, b = np.asarray(labels), np.asarray(verdicts)
+    rng = np.random.default_rng(seed)
+    kappas = []
+    for _ in range(resamples):
+        pick = np.concatenate([groups[g] for g in rng.integers(0, len(groups), len(groups))])
+        kappas.append(cohen_kappa(a[pick].tolist(), b[pick].tolist()))
+    tail = (1 - confidence) / 2
+    low, high = np.quantile(kappas, [tail, 1 - tail])
+    return float(low), float(high)
 
 
 def agreement(labels: Sequence[int], verdicts: Sequence[int]) -> Agreement:
@@ -180,6 +240,7 @@ def load_labels(path: str | Path, passages: str | Path | None = None) -> list[La
                     label=int(label), qi=int(raw.get("qi", 0)),
                     passage=known.get(raw.get("passage_key", raw.get("passage_id", ""))),
                     source=str(raw.get("source", "")),
+                    cluster=str(raw.get("passage_key", raw.get("passage_id", f"item {number}"))),
                 ))
             except (ValueError, KeyError, TypeError) as err:
                 raise ValueError(
@@ -224,16 +285,20 @@ def validity_report(items: Sequence[LabelledItem], graders: dict[str, grading.Gr
     positives = sum(item.label for item in items)
     lines += [
         f"{len(items)} labelled items ({positives} correct, {len(items) - positives} wrong);"
-        " precision and recall are of the grader's \"correct\" verdicts.",
+        " precision and recall are of the grader's \"correct\" verdicts; kappa's 95% interval"
+        " is a bootstrap over the passages of the items (2,000 resamples, seed 0).",
         "",
-        "| grader | items | agreement | precision | recall | Cohen's kappa |",
-        "|---|---|---:|---:|---:|---:|",
+        "| grader | items | agreement | precision | recall | Cohen's kappa | 95% CI |",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
     for name in graders:
         for split, index in groups:
-            a = agreement([items[i].label for i in index], [verdicts[name][i] for i in index])
+            labels = [items[i].label for i in index]
+            said = [verdicts[name][i] for i in index]
+            a = agreement(labels, said)
+            low, high = kappa_interval(labels, said, [items[i].cluster for i in index])
             lines.append(f"| {name} | {split} ({a.n}) | {a.agreement:.3f} | {a.precision:.3f}"
-                         f" | {a.recall:.3f} | {a.kappa:.3f} |")
+                         f" | {a.recall:.3f} | {a.kappa:.3f} | [{low:.2f}, {high:.2f}] |")
     return "\n".join(lines)
 
 
