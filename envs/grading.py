@@ -18,7 +18,8 @@ Graders, strictest first:
 * :func:`committed` (the default reward): the answer commits to *this* question's gold: the
   gold appears in the shortened answer, and the answer holds no other question's gold, no
   competing number, and at most ``max_extra`` further words of the passage once the
-  question's own words are set aside (issue 12).
+  question's own words are set aside; one answer given to several questions is paid once
+  (issue 12).
 * :func:`contains`: lenient; a gold answer appears as a run of whole tokens in the answer.
 * :class:`~selfedit.envs.judge.LLMJudge`: a model decides whether the answer means the same
   as a gold answer (in :mod:`selfedit.envs.judge`, re-exported here).
@@ -51,6 +52,7 @@ if TYPE_CHECKING:  # the judge lives in selfedit.envs.judge, which imports this 
 
 __all__ = [
     "GRADERS",
+    "GRADING_VERSION",
     "JUDGE_PROMPT",
     "GenerateFn",
     "Grader",
@@ -65,6 +67,11 @@ __all__ = [
     "shorten_answer",
     "token_f1",
 ]
+
+GRADING_VERSION = "2"
+"""Changes whenever a cheap grader's scores change (2: ``committed`` rule 9). Caches of
+graded results (the env's baselines) are keyed by it, so none outlives the grader that
+scored it."""
 
 # The judge moved to selfedit.envs.judge (issue 14); these names stay importable from here.
 # Resolved lazily because judge.py imports this module's text helpers.
@@ -605,11 +612,20 @@ def committed(
        nothing but names and numbers ("Ostrander Observatory, 2025, during 1964" is a list,
        even though the question names 1964).
 
+    An answer that passes scores ``1 / m``, where ``m - 1`` is the number of the passage's
+    *other* questions whose answers are wrong for them but commit to this gold by the same
+    rules, as if it were theirs (rule 9; a question whose gold holds this one, or lies
+    within it, is not another question here). The same answer given to m
+    questions is right at most once, so it is paid once in all: a model that answers every
+    "when" question with the passage's first year, or every question about a subject with
+    the one sentence it memorised about it, earns no more than one right answer's worth.
+
     Words are compared by a crude stem ("drained" restates "drains"); a small list of
     function words never counts. Strategies that need no knowledge of the question fail: a
     list of the passage's names holds other questions' golds (3) or further names (6); the
     passage's first sentence, or the sentence that holds the gold, brings further names,
-    numbers and words (5-7); a question echo holds no gold (1) or is an echo (2).
+    numbers and words (5-7); a question echo holds no gold (1) or is an echo (2); one
+    candidate of the question's type for every question is paid once (9).
     ``selfedit recitation`` measures every grader against such strategies, and
     ``selfedit graders`` against hand labels (results/grader_validity/).
 
@@ -632,7 +648,7 @@ def committed(
         **kwargs: Ignored; accepted so every grader takes the same arguments.
 
     Returns:
-        1.0 or 0.0 per answer.
+        A score per answer: 0.0, or ``1 / m`` (1.0 for an answer given to one question).
 
     Raises:
         ValueError: If ``questions`` is given with the wrong length, or a limit is out of
@@ -672,6 +688,11 @@ def committed(
     >>> committed([qs[0], "yes", "1849"], gs, **kw)
     [0.0, 0.0, 0.0]
 
+    One guess for both "when" questions: right once, paid once (rule 9):
+
+    >>> committed(["", "In 1849.", "In 1849."], gs, **kw)
+    [0.0, 0.5, 0.0]
+
     Without the keywords the grader is stricter, never more lenient:
 
     >>> answer = ["The Hobb Bridge at Belcaster opened in 1901."]
@@ -708,6 +729,23 @@ def committed(
         hit = _commits(first_sentence(answer), gold_runs, question, title_stems, others,
                        passage_vocab, max_words, max_extra)
         scores.append(float(hit))
+    # Rule 9: a gold that the wrong answers to other questions (whose golds are not this
+    # one, nor hold it, nor lie within it) commit to was given to m questions: paid 1/m.
+    sentences = [first_sentence(answer) for answer in answers]
+    runs = [[run for run in map(_tokens, answer_golds) if run] for answer_golds in golds]
+    wrong = [not score and bool(sentence.strip()) for score, sentence in zip(scores, sentences)]
+    for i in [i for i, score in enumerate(scores) if score]:
+        given = 1
+        for j, sentence in enumerate(sentences):
+            if j == i or not wrong[j] or any(_find_run(b, a) >= 0 or _find_run(a, b) >= 0
+                                             for a in runs[i] for b in runs[j]):
+                continue
+            question = questions[j] if questions is not None else None
+            if any(_commits(sentence, [run], question, title_stems,
+                            [list(other) for other in sorted(all_runs - {tuple(run)})],
+                            passage_vocab, max_words, max_extra) for run in runs[i]):
+                given += 1
+        scores[i] /= given
     return scores
 
 

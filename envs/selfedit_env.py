@@ -844,6 +844,7 @@ class SelfEditEnv(gym.Env):
             self.backend.fingerprint,
             passage.fingerprint,
             self.grader_name,
+            f"g{grading.GRADING_VERSION}",  # stored metrics are the graders' of that version
             str(self.config.answer_max_tokens),
             _short_hash(prompts.ANSWER_PROMPT),
             *([f"T{self.config.answer_temperature:g}x{self.config.answer_samples}"]

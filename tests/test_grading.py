@@ -289,6 +289,36 @@ def test_committed_other_gold_inside_own_gold_or_question_is_fine() -> None:
     assert scores[2] == 1.0  # "Broncos" is in this question
 
 
+def test_committed_pays_one_answer_given_to_several_questions_once() -> None:
+    """Rule 9: a gold that the answers to m-1 other questions also commit to earns 1/m."""
+    answers = [""] * len(QUESTIONS)
+    answers[2] = answers[4] = "In 1849."  # one guess for both "when" questions
+    assert grade(answers)[2] == 0.5 and grade(answers)[4] == 0.0
+    # The first name of the passage for every "which" question: right once, paid a third.
+    which = [0, 5, 6]
+    answers = ["Belcaster" if i in which else "" for i in range(len(QUESTIONS))]
+    assert [grade(answers)[i] for i in which] == pytest.approx([1 / 3, 0.0, 0.0])
+    # The same sentence for two questions about the bridge: the right one is paid half.
+    answers = [""] * len(QUESTIONS)
+    answers[4] = answers[5] = "The Hobb Bridge opened in 1901."
+    assert grade(answers)[4] == 0.5
+
+
+def test_committed_shares_only_between_questions_with_other_golds() -> None:
+    # Two questions with one gold: the same answer to both is right twice.
+    golds = [["Elsabet Moor"], ["Elsabet Moor"]]
+    questions = ["Which botanist did Kaldane marry?", "Who was Kaldane's wife?"]
+    assert committed(["Elsabet Moor."] * 2, golds, questions=questions,
+                     passage_golds=golds) == [1.0, 1.0]
+    # Another answer that mentions this gold while committing to its own is no sharer.
+    answers = [""] * len(QUESTIONS)
+    answers[0] = "Belcaster"
+    answers[6] = "Elsabet Moor, a botanist."
+    answers[1] = "Kaldane's tide clock, made in Belcaster, used a column of mercury."
+    scores = grade(answers)
+    assert scores[0] == 1.0 and scores[6] == 1.0
+
+
 def test_committed_degrades_towards_strictness_without_keywords() -> None:
     answer = "Kaldane married the botanist Elsabet Moor in Tollard."
     index = 6
