@@ -66,10 +66,19 @@ def test_strategies_answer_every_question_without_its_gold_knowledge() -> None:
     assert answers["it_is_list"][0].startswith("It is ")
     assert answers["question_echo"] == [q.question for q in PASSAGE.questions]
     assert answers["typed_list"][1] == "2,817, 310, 18,000"  # a "how tall" question: numbers
+    sentences = red_team_answers(PASSAGE, recitation.POSITIONAL["gold_sentence"][1])
     for i, q in enumerate(PASSAGE.questions):
-        assert q.answers[0] in answers["gold_sentence"][i]
+        assert q.answers[0] in sentences[i]
         assert answers["other_gold"][i] not in q.answers  # never an acceptable answer
     assert answers["most_frequent_word"][0] == "highlands"
+    # No knowledge-free strategy looks up where the gold sits.
+    assert not {"gold_sentence", "gold_sentence_and_next"} & set(STRATEGIES)
+
+
+def test_the_guesser_gives_one_candidate_per_question_type() -> None:
+    guesses = red_team_answers(PASSAGE, recitation.GUESSES["typed_guess"][1])
+    # The first name the question does not hold; the first number for "how tall".
+    assert guesses == ["Aster Reach", "2,817", "Aster Reach", "Velmora Highlands"]
 
 
 def test_capitalised_phrases() -> None:
@@ -89,18 +98,33 @@ def _check_red_team(scores: dict[str, dict[str, float]]) -> None:
     # The red team has teeth: lists pay off under the lenient grader ...
     assert scores["all_golds"]["contains"] > 0.5
     assert scores["capitalised_phrases"]["contains"] > 0.2
-    # ... and the graders still pay real answers.
-    assert scores["gold"]["committed"] > 0.98
-    assert scores["gold_in_sentence"]["committed"] > 0.98
+    # ... and the graders still pay real answers (all but golds longer than the 12-word
+    # horizon, a few percent of SQuAD's later passages).
+    assert scores["gold"]["committed"] > 0.9
+    assert scores["gold_in_sentence"]["committed"] > 0.9
+    # A guesser is paid less than its right guesses: one guess given to m questions once.
+    guess = scores["typed_guess"]
+    assert guess["committed"] < guess["exact_match"], guess
+    # The informed reciters are paid no more than the lenient grader pays them.
+    for name in recitation.POSITIONAL:
+        assert scores[name]["committed"] <= scores[name]["contains"], (name, scores[name])
 
 
 def test_red_team_on_the_embedded_corpus() -> None:
-    _check_red_team(red_team_scores(load_corpus("embedded")))
+    scores = red_team_scores(load_corpus("embedded"))
+    _check_red_team(scores)
+    # Ten or more questions a passage: rule 9 pays about half of the right guesses.
+    guess = scores["typed_guess"]
+    assert guess["committed"] <= 0.6 * guess["exact_match"], guess
 
 
 @pytest.mark.skipif(not SQUAD.is_file(), reason="SQuAD dev file not present")
-def test_red_team_on_squad_dev() -> None:
-    _check_red_team(red_team_scores(load_corpus(SQUAD).select("0:100")))
+@pytest.mark.parametrize("selection", ["0:100", "1900:2000"])
+def test_red_team_on_squad_dev(selection: str) -> None:
+    """The slice the grader was first checked on, and one it never was (on every
+    100-passage slice of SQuAD dev the worst knowledge-free strategy stays <= 0.034,
+    results/redteam/squad_dev_all.md)."""
+    _check_red_team(red_team_scores(load_corpus(SQUAD).select(selection)))
 
 
 def test_positional_reciters_are_reported_and_cut_by_committed() -> None:
@@ -123,9 +147,10 @@ def test_positional_reciters_are_reported_and_cut_by_committed() -> None:
 def test_red_team_report_and_the_old_recitation_api() -> None:
     table = recitation.recitation_report("embedded", "0:4")
     assert "| strategy | answer given | exact_match | f1 | contains | committed |" in table
-    for name in [*STRATEGIES, *recitation.POSITIONAL, *SANITY]:
+    for name in [*STRATEGIES, *recitation.POSITIONAL, *recitation.GUESSES, *SANITY]:
         assert f"| {name} |" in table
     assert "Default grader `committed` passes" in table
+    assert "typed_guess is paid" in table
     old = recitation.recitation_scores(load_corpus("embedded").select("0:4"))
     assert set(old) == {"passage", "sentence", "gold"}
     assert old["gold"]["exact_match"] == 1.0

@@ -3,12 +3,15 @@ grader (issue 12, part 2).
 
 An RL agent maximises whatever the reward grader pays for. Each strategy below writes an
 answer to every question of a passage *without knowing the question's answer*: it may look
-at the passage (a model trained on the passage can recite it), at the question text, and -
-for the two "informed" reciters - at where the gold sits in the passage, but it never picks
-the gold out. A grader fit to be a reward gives every strategy (almost) nothing; the default
-reward grader ``committed`` must give each at most :data:`MAX_GAMED` on the embedded corpus
-and on SQuAD dev. Two sanity rows (the gold itself, and the gold in a short sentence) show
-that the graders still pay real answers.
+at the passage (a model trained on the passage can recite it) and at the question text,
+but it never picks the gold out (:data:`STRATEGIES`). A grader fit to be a reward gives
+every such strategy (almost) nothing; the default reward grader ``committed`` must give
+each at most :data:`MAX_GAMED` on the embedded corpus and on SQuAD dev. Two groups are
+reported beside them and held to other bars, because a perfect grader pays them something:
+reciters that know where the gold sits (:data:`POSITIONAL`: its sentence, clause or words;
+often a correct answer) and guessers (:data:`GUESSES`: one candidate of the question's
+type; a right guess is a right answer). Two sanity rows (the gold itself, and the gold in
+a short sentence) show that the graders still pay real answers.
 
 ``selfedit recitation`` prints the table (the command's old two reciters are the rows
 ``passage`` and ``gold_sentence``); :func:`red_team_report` builds it.
@@ -42,6 +45,7 @@ from selfedit.envs.grading import normalize_answer
 __all__ = [
     "E2E_GRADERS",
     "FACT_LIST_INSTRUCTION",
+    "GUESSES",
     "MAX_GAMED",
     "POSITIONAL",
     "EndToEndRow",
@@ -183,6 +187,31 @@ def _typed_list(passage: Passage, i: int) -> str:
     return ", ".join(capitalised_phrases(passage.context))
 
 
+_YEAR = re.compile(r"^(1[0-9]{3}|20[0-9]{2})$")
+_WHEN_QUESTION = re.compile(r"^\s*(when|(in |by |during )?what (year|decade|century|date))\b",
+                            re.IGNORECASE)
+_AMOUNT_QUESTION = re.compile(
+    r"^\s*how (many|much|tall|long|far|old|high|deep|wide|large|big)\b", re.IGNORECASE)
+
+
+def _typed_guess(passage: Passage, i: int) -> str:
+    """One candidate of the question's type, the same for every question of that type: the
+    passage's first year for a when-question, its first other number for a how-many/much
+    one, else its first name phrase that the question does not hold. What a model taught
+    "When ...? 1460" for every "when" question would say."""
+    question = passage.questions[i].question
+    numbers = _numbers(passage.context)
+    if _WHEN_QUESTION.match(question):
+        candidates = [n for n in numbers if _YEAR.match(n)] or numbers
+    elif _AMOUNT_QUESTION.match(question):
+        candidates = [n for n in numbers if not _YEAR.match(n)] or numbers
+    else:
+        asked = set(normalize_answer(question).split())
+        candidates = [phrase for phrase in capitalised_phrases(passage.context)
+                      if not set(normalize_answer(phrase).split()) <= asked]
+    return candidates[0] if candidates else ""
+
+
 STRATEGIES: dict[str, tuple[str, Strategy]] = {
     "passage": ("the whole passage", lambda p, i: p.context),
     "first_sentence": ("the passage's first sentence",
@@ -205,12 +234,9 @@ STRATEGIES: dict[str, tuple[str, Strategy]] = {
     "most_frequent_word": ("the passage's most frequent content word",
                            lambda p, i: _most_frequent_word(p)),
     "other_gold": ("the gold of another question of the passage", _other_gold),
-    "gold_sentence": ("the sentence holding the gold (knows where, not what)",
-                      lambda p, i: _sentence_with(p.context, p.questions[i].answers[0])),
-    "gold_sentence_and_next": ("that sentence and the next one, as one line",
-                               lambda p, i: _sentence_and_next(p, i)),
 }
-"""Red-team strategies by name: (description, strategy)."""
+"""Red-team strategies by name: (description, strategy). None knows where the gold sits;
+the default grader must give each at most :data:`MAX_GAMED`."""
 
 def _gold_sentence_words(passage: Passage, i: int) -> tuple[list[str], int, int]:
     """The words of the gold's sentence and where the gold sits in them: ``(words, start,
@@ -256,6 +282,10 @@ def _gold_clause(p: Passage, i: int) -> str:
 
 
 POSITIONAL: dict[str, tuple[str, Strategy]] = {
+    "gold_sentence": ("the sentence holding the gold (knows where, not what)",
+                      lambda p, i: _sentence_with(p.context, p.questions[i].answers[0])),
+    "gold_sentence_and_next": ("that sentence and the next one, as one line",
+                               lambda p, i: _sentence_and_next(p, i)),
     "gold_sentence_first_8": ("the first 8 words of the gold's sentence", _first_words(8)),
     "gold_sentence_first_12": ("the first 12 words of the gold's sentence", _first_words(12)),
     "gold_clause": ("the comma-separated part of the gold's sentence that holds the gold",
@@ -266,9 +296,22 @@ POSITIONAL: dict[str, tuple[str, Strategy]] = {
 }
 """Reciters that know where the gold sits (its sentence, clause or words) and recite a piece
 of the passage around it. Reported beside :data:`STRATEGIES` but not held to
-:data:`MAX_GAMED`: a short piece of the passage around the gold is, more often than not, a
-correct answer by the rubric (results/grader_validity/rubric.md), so no grader that pays
-natural answers can give these nothing (see results/redteam/README.md)."""
+:data:`MAX_GAMED`: a short piece of the passage around the gold, or the sentence that holds
+it, is often a correct answer by the rubric (results/grader_validity/rubric.md): on SQuAD,
+whose questions paraphrase one sentence, the gold's sentence restates the question and
+gives the answer ("Europe's last major epidemic occurred in 1720 in Marseille."). No grader
+that pays natural answers can give these nothing (see results/redteam/README.md)."""
+
+GUESSES: dict[str, tuple[str, Strategy]] = {
+    "typed_guess": ("one guess per question type: the first year (when), the first other "
+                    "number (how many), else the first name not in the question", _typed_guess),
+}
+"""Guessers: one candidate of the question's type, the same for every question of that
+type. A right guess is a right answer, so no grader can pay a guesser nothing where a
+passage has few candidates of a type; ``committed`` pays a candidate given to m questions
+once in all (its rule 9), so a guesser earns a part of its right guesses (its exact-match
+rate): about half where passages have ten questions, more where they have few. Reported
+with that part, not held to :data:`MAX_GAMED`."""
 
 SANITY: dict[str, tuple[str, Strategy]] = {
     "gold": ("the gold answer (sanity: should score 1)", lambda p, i: p.questions[i].answers[0]),
@@ -301,6 +344,7 @@ def red_team_scores(
     *,
     sanity: bool = True,
     positional: bool = True,
+    guesses: bool = True,
 ) -> dict[str, dict[str, float]]:
     """Mean score per (strategy, grader) over every question of the corpus.
 
@@ -312,13 +356,14 @@ def red_team_scores(
         graders: Graders by name; default every grader in ``GRADERS``.
         sanity: Also score the :data:`SANITY` rows.
         positional: Also score the :data:`POSITIONAL` reciters.
+        guesses: Also score the :data:`GUESSES`.
 
     Returns:
         ``{strategy: {grader: mean score}}``, question-weighted.
     """
     graders = dict(graders) if graders is not None else dict(grading.GRADERS)
-    rows = dict(STRATEGIES) | (dict(POSITIONAL) if positional else {}) | (
-        dict(SANITY) if sanity else {})
+    rows = (dict(STRATEGIES) | (dict(POSITIONAL) if positional else {})
+            | (dict(GUESSES) if guesses else {}) | (dict(SANITY) if sanity else {}))
     totals: dict[str, dict[str, list[float]]] = {
         name: {g: [] for g in graders} for name in rows
     }
@@ -366,17 +411,21 @@ def red_team_report(source: str = "embedded", passages: str | None = None,
         "| strategy | answer given | " + " | ".join(names) + " |",
         "|---|---|" + "---:|" * len(names),
     ]
-    rows = dict(STRATEGIES) | dict(POSITIONAL) | dict(SANITY)
+    rows = dict(STRATEGIES) | dict(POSITIONAL) | dict(GUESSES) | dict(SANITY)
     for name, row in scores.items():
         cells = " | ".join(f"{row[g]:.3f}" for g in names)
         lines.append(f"| {name} | {rows[name][0]} | {cells} |")
     worst = max(STRATEGIES, key=lambda name: scores[name]["committed"])
     verdict = "passes" if scores[worst]["committed"] <= MAX_GAMED else "FAILS"
-    lines += ["", f"Default grader `committed` {verdict}: worst strategy {worst} scores "
-              f"{scores[worst]['committed']:.3f} (limit {MAX_GAMED}). The reciters that know "
-              "where the gold sits (gold_sentence_first_*, gold_clause, gold_window_*) are "
-              "reported, not held to the limit: a short piece of the passage around the gold "
-              "is often a correct answer."]
+    guesses = [f"{name} is paid {scores[name]['committed']:.3f} for "
+               f"{scores[name]['exact_match']:.3f} right guesses" for name in GUESSES]
+    lines += ["", f"Default grader `committed` {verdict}: worst knowledge-free strategy {worst} "
+              f"scores {scores[worst]['committed']:.3f} (limit {MAX_GAMED}). The reciters that "
+              "know where the gold sits (gold_sentence*, gold_clause, gold_window_*) are "
+              "reported, not held to the limit: the gold's sentence, or a short piece of it "
+              "around the gold, is often a correct answer. Guessers are reported with their "
+              "right guesses (a right guess is a right answer; committed pays one guess given "
+              "to m questions once): " + "; ".join(guesses) + "."]
     return "\n".join(lines)
 
 
