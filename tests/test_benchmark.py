@@ -123,6 +123,14 @@ def test_benchmark_end_to_end_on_a_tiny_model(tiny_model_dir, tmp_path, capsys) 
     assert "passages needed" in capsys.readouterr().out
     assert main(["benchmark", "--plan", str(bench), "--target-difference", "2"]) == 2
 
+    # selfedit regrade: the kept answers scored again, the report rebuilt in a copy; under
+    # the grading version that ran it, every figure comes back the same.
+    assert main(["regrade", str(bench), "--output", str(tmp_path / "regraded")]) == 0
+    again = tmp_path / "regraded"
+    assert (again / "table.csv").read_text() == (bench / "table.csv").read_text()
+    assert "*Regraded* from" in (again / "report.md").read_text()
+    assert json.loads((again / "regraded.json").read_text())["reward_grader"] == "committed"
+
     # A kill mid-run: the last step and the noise run are lost; --resume finishes them only.
     steps = bench / "run" / "steps.jsonl"
     lines = steps.read_text().splitlines(keepends=True)

@@ -6,6 +6,7 @@
     selfedit benchmark --config configs/benchmark_cpu.yaml [key=value ...] [--force]
     selfedit benchmark --resume results/benchmark_cpu   # finish a killed benchmark
     selfedit benchmark --config ... --executor ray executor.workers=2 executor.batch=2
+    selfedit regrade results/benchmark_cpu --output DIR  # kept answers, today's graders
     selfedit train --config configs/restem_cpu.yaml [key=value ...]  # ReST-EM or GRPO
     selfedit train --resume results/restem_cpu__0__<time>            # continue a killed run
     selfedit continual --config configs/continual_cpu.yaml           # forgetting matrix
@@ -99,8 +100,10 @@ def _parser() -> argparse.ArgumentParser:
     rec.add_argument("overrides", nargs="*", help="key=value overrides, e.g. passages=0:20")
 
     from selfedit.training.graders import add_subcommand as add_graders
+    from selfedit.training.regrade import add_subcommand as add_regrade
 
     add_graders(sub)
+    add_regrade(sub)
 
     bench = sub.add_parser(
         "benchmark", help="agents side by side on equal budgets: table with CIs, paired "
@@ -517,6 +520,10 @@ def main(argv: list[str] | None = None) -> int:
             from selfedit.training.graders import main as graders
 
             return graders(args)
+        elif args.command == "regrade":
+            from selfedit.training.regrade import main as regrade
+
+            return regrade(args)
     except (ConfigError, TemplateError, FileNotFoundError) as err:
         print(f"selfedit: error: {err}", file=sys.stderr)
         return 2
