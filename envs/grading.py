@@ -68,8 +68,9 @@ __all__ = [
     "token_f1",
 ]
 
-GRADING_VERSION = "2"
-"""Changes whenever a cheap grader's scores change (2: ``committed`` rule 9). Caches of
+GRADING_VERSION = "3"
+"""Changes whenever a cheap grader's scores change (2: ``committed`` rule 9; 3: its rule 1
+pays golds longer than ``max_words``). Caches of
 graded results (the env's baselines) are keyed by it, so none outlives the grader that
 scored it."""
 
@@ -502,11 +503,12 @@ def _commits(
     # Words of the question and of the title restate what is asked about, not the answer.
     asked = asked_only | title_stems
     # Rule 1: a gold as whole tokens, within the first max_words words that do not restate
-    # the question (restating is not reciting).
+    # the question (restating is not reciting); a longer gold must start the answer.
     new_words = [k for k, t in enumerate(tokens) if _stem(t) not in asked]
     horizon = new_words[max_words - 1] if len(new_words) >= max_words else len(tokens)
     starts = {tuple(run): _find_run(tokens, run) for run in gold_runs}
-    matched = [run for run in gold_runs if 0 <= starts[tuple(run)] <= horizon - len(run)]
+    matched = [run for run in gold_runs
+               if 0 <= starts[tuple(run)] <= horizon - min(len(run), max_words)]
     if not matched:
         return False
     start = starts[tuple(matched[0])]
@@ -594,7 +596,8 @@ def committed(
     title are set aside, and the answer scores 1.0 only when all of these hold:
 
     1. a gold appears in it as whole tokens, within its first ``max_words`` words that do
-       not restate the question;
+       not restate the question (a gold longer than that must start the answer, after
+       words that restate the question);
     2. if the question itself holds that gold, the answer is not an echo of the question
        (it does not hold 3/4 of the question's other words);
     3. it holds no gold answer of the passage's *other* questions (``passage_golds``),

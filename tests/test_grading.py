@@ -289,6 +289,17 @@ def test_committed_other_gold_inside_own_gold_or_question_is_fine() -> None:
     assert scores[2] == 1.0  # "Broncos" is in this question
 
 
+def test_committed_pays_a_gold_longer_than_the_horizon_that_starts_the_answer() -> None:
+    question = "Why did the guild refuse the charter?"
+    gold = ("because the charter would have bound every weaver of the valley to sell "
+            "through the guild hall")  # 17 words, past the 12-word horizon
+    assert committed([gold.capitalize() + "."], [[gold]], questions=[question]) == [1.0]
+    assert committed([f"The guild refused the charter {gold}."], [[gold]],
+                     questions=[question]) == [1.0]  # restating the question first
+    late = "In the spring of that year after a long and bitter winter of debate, " + gold
+    assert committed([late], [[gold]], questions=[question]) == [0.0]
+
+
 def test_committed_pays_one_answer_given_to_several_questions_once() -> None:
     """Rule 9: a gold that the answers to m-1 other questions also commit to earns 1/m."""
     answers = [""] * len(QUESTIONS)
