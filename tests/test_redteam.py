@@ -122,7 +122,7 @@ def test_red_team_on_the_embedded_corpus() -> None:
 @pytest.mark.parametrize("selection", ["0:100", "1900:2000"])
 def test_red_team_on_squad_dev(selection: str) -> None:
     """The slice the grader was first checked on, and one it never was (on every
-    100-passage slice of SQuAD dev the worst knowledge-free strategy stays <= 0.034,
+    100-passage slice of SQuAD dev the worst knowledge-free strategy stays <= 0.035,
     results/redteam/squad_dev_all.md)."""
     _check_red_team(red_team_scores(load_corpus(SQUAD).select(selection)))
 
