@@ -68,9 +68,9 @@ __all__ = [
     "token_f1",
 ]
 
-GRADING_VERSION = "3"
+GRADING_VERSION = "4"
 """Changes whenever a cheap grader's scores change (2: ``committed`` rule 9; 3: its rule 1
-pays golds longer than ``max_words``). Caches of
+pays golds longer than ``max_words``; 4: its rule 4 reads "/", "|", "&", "+" as "or"). Caches of
 graded results (the env's baselines) are keyed by it, so none outlives the grader that
 scored it."""
 
@@ -374,6 +374,8 @@ _NUMBER_WORDS = {
 }
 _SUFFIXES = ("ing", "ed", "es", "s", "e")
 _OPENING_MARKS = "\"'([\u201c\u2018"
+# Between two words, these offer alternatives the way "or" does ("Belcaster / Tollard").
+_SEPARATORS = "/|&+"
 # A number as SQuAD normalisation leaves it: "1993", "2817" (from "2,817"), "24\u201310",
 # "1990s", "7th"; not a name that holds a digit, such as "wren2".
 _NUMBER = re.compile(r"\d[\d\u2013\u2014-]*(?:st|nd|rd|th|s)?")
@@ -436,6 +438,7 @@ class _Word(NamedTuple):
     clause: int  # which clause of the sentence the word is in, from 0
     capital: bool  # written with a capital (at the start, a name or just the first word)
     segment: int  # commas and semicolons cut the sentence into segments, from 0
+    joined: bool = False  # a separator ("/", "|", "&", "+") stands between it and the last word
 
 
 def _words(sentence: str) -> list[_Word]:
@@ -451,7 +454,9 @@ def _words(sentence: str) -> list[_Word]:
     words: list[_Word] = []
     clause = segment = 0
     previous = ""
+    joined = False  # a separator since the last word ("Belcaster / Tollard", "A &B")
     for position, raw in enumerate(sentence.split()[:_MAX_SENTENCE_WORDS]):
+        joined = joined or raw.lstrip(_OPENING_MARKS)[:1] in _SEPARATORS
         token = normalize_answer(raw)  # one whitespace-free word gives at most one token
         if (previous.endswith(";") or (previous.endswith(",") and token in _CLAUSE_WORDS)
                 or (token in _RELATIVE_WORDS and words)
@@ -463,9 +468,10 @@ def _words(sentence: str) -> list[_Word]:
         if not token:
             continue
         token = _NUMBER_WORDS.get(token, token)
-        capital = raw.lstrip(_OPENING_MARKS)[:1].isupper()
+        capital = raw.lstrip(_OPENING_MARKS + _SEPARATORS)[:1].isupper()
         fact = _is_number(token) or (position > 0 and capital)
-        words.append(_Word(token, fact, clause, capital, segment))
+        words.append(_Word(token, fact, clause, capital, segment, joined))
+        joined = raw.rstrip(".,;:!?\"')]\u201d\u2019")[-1:] in _SEPARATORS
     return words
 
 
@@ -523,14 +529,20 @@ def _commits(
     for run in other_golds:
         if _find_run(tokens, run) >= 0 and not _stems(run) <= gold | asked:
             return False
-    # Rule 4, hedges: the gold joined by "and"/"or" to another candidate of its kind ("blue
-    # and gold", "the River Sillow or the River Audle"): the nearest word beyond the joiner
-    # that is not a function word or a word of the gold.
+    # Rule 4, hedges: the gold joined by "and"/"or", or by a separator ("/", "|", "&", "+"),
+    # to another candidate of its kind ("blue and gold", "the River Sillow or the River
+    # Audle", "Belcaster / Tollard"): the nearest word beyond the joiner that is not a
+    # function word or a word of the gold.
     kind = _kind(words[start:end])
     for joiner, step in ((start - 1, -1), (end, 1)):
-        if not 0 <= joiner < len(tokens) or tokens[joiner] not in ("and", "or", "nor"):
+        if 0 <= joiner < len(tokens) and tokens[joiner] in ("and", "or", "nor"):
+            k = joiner + step
+        elif step == 1 and end < len(words) and words[end].joined:
+            k = end  # "<gold> / X"
+        elif step == -1 and start > 0 and words[start].joined:
+            k = start - 1  # "X / <gold>"
+        else:
             continue
-        k = joiner + step
         while 0 <= k < len(tokens) and (tokens[k] in _FUNCTION_WORDS
                                         or _stem(tokens[k]) in gold):
             k += step
@@ -602,8 +614,9 @@ def committed(
        (it does not hold 3/4 of the question's other words);
     3. it holds no gold answer of the passage's *other* questions (``passage_golds``),
        unless that gold is part of this question's gold or of the question or title;
-    4. the gold is not joined by "and"/"or" to another candidate of its kind (a number to a
-       number, a name to a name: "1974 or 1975", "blue and gold");
+    4. the gold is not joined by "and"/"or", or by a separator ("/", "|", "&", "+"), to
+       another candidate of its kind (a number to a number, a name to a name: "1974 or
+       1975", "blue and gold", "Belcaster / Tollard");
     5. beside a numeric gold there is no further number ("1460, 1974");
     6. it holds at most ``max_extra`` further words: names and numbers (words written with a
        capital, other than the first) wherever they come from, plain words when the passage
@@ -685,6 +698,8 @@ def committed(
     [0.0, 0.0, 0.0]
     >>> committed(["", "In 1849, and it was sold at Belcaster.", ""], gs, **kw)[1]
     0.0
+    >>> committed(["", "1849 / 1850", "The Hobb Bridge opened in 1901 | 1902."], gs, **kw)
+    [0.0, 0.0, 0.0]
 
     A question echo, yes/no, and another question's gold:
 

@@ -239,6 +239,10 @@ def test_committed_pays_natural_answers(index: int, answer: str) -> None:
         (4, "1899, 1901", "a competing number"),
         (4, "1901 or 1902", "a hedge between numbers"),
         (5, "The River Sillow or the River Audle", "a hedge between names"),
+        (0, "Belcaster / Tollard", "a hedge behind a slash"),
+        (0, "Tollard /Belcaster", "a hedge behind a slash, the gold second"),
+        (6, "Elsabet Moor & Ann Brill", "a hedge behind an ampersand"),
+        (0, "Belcaster | Marrow | Tollard", "three candidates behind bars"),
         (1, "Kaldane's tide clock used a column of mercury to predict high water to within "
             "four minutes.", "the sentence holding the gold"),
         (2, "He patented it in 1849, and seventeen harbours adopted it within a decade.",
@@ -287,6 +291,13 @@ def test_committed_other_gold_inside_own_gold_or_question_is_fine() -> None:
     scores = committed(answers, golds, questions=questions, passage_golds=golds)
     assert scores[0] == 1.0  # "Broncos" (another gold) is part of this gold
     assert scores[2] == 1.0  # "Broncos" is in this question
+
+
+def test_committed_separators_inside_a_gold_are_part_of_it() -> None:
+    """A separator that the gold itself holds is no hedge ("Marks & Spencer", "AC/DC")."""
+    for gold, answer in (("Marks & Spencer", "It was sold to Marks & Spencer."),
+                         ("AC/DC", "The band AC/DC played."), ("1901", "In 1901 / so it seems")):
+        assert committed([answer], [[gold]], questions=["Who bought it?"]) == [1.0], answer
 
 
 def test_committed_pays_a_gold_longer_than_the_horizon_that_starts_the_answer() -> None:

@@ -79,6 +79,11 @@ def test_the_guesser_gives_one_candidate_per_question_type() -> None:
     guesses = red_team_answers(PASSAGE, recitation.GUESSES["typed_guess"][1])
     # The first name the question does not hold; the first number for "how tall".
     assert guesses == ["Aster Reach", "2,817", "Aster Reach", "Velmora Highlands"]
+    hedges = red_team_answers(PASSAGE, recitation.GUESSES["typed_hedge"][1])
+    assert hedges[:2] == ["Aster Reach / Mount Corrigane", "2,817 / 310"]
+    # The hedge holding the gold of the first question is no answer to it.
+    assert red_team_scores([PASSAGE], positional=False, sanity=False)["typed_hedge"][
+        "committed"] == 0.0
 
 
 def test_capitalised_phrases() -> None:
@@ -105,6 +110,11 @@ def _check_red_team(scores: dict[str, dict[str, float]]) -> None:
     # A guesser is paid less than its right guesses: one guess given to m questions once.
     guess = scores["typed_guess"]
     assert guess["committed"] < guess["exact_match"], guess
+    # A hedge of two candidates is paid where it degenerates into a guess (one candidate of
+    # a type) or its second "candidate" is no rival (a word of the question, "It", a number
+    # beside a name): a fraction of what contains pays it (0.11-0.34 measured).
+    hedge = scores["typed_hedge"]
+    assert hedge["committed"] <= 0.4 * hedge["contains"], hedge
     # The informed reciters are paid no more than the lenient grader pays them.
     for name in recitation.POSITIONAL:
         assert scores[name]["committed"] <= scores[name]["contains"], (name, scores[name])
@@ -150,7 +160,7 @@ def test_red_team_report_and_the_old_recitation_api() -> None:
     for name in [*STRATEGIES, *recitation.POSITIONAL, *recitation.GUESSES, *SANITY]:
         assert f"| {name} |" in table
     assert "Default grader `committed` passes" in table
-    assert "typed_guess is paid" in table
+    assert "typed_guess 0." in table and "typed_hedge 0." in table
     old = recitation.recitation_scores(load_corpus("embedded").select("0:4"))
     assert set(old) == {"passage", "sentence", "gold"}
     assert old["gold"]["exact_match"] == 1.0

@@ -199,6 +199,15 @@ def _typed_guess(passage: Passage, i: int) -> str:
     passage's first year for a when-question, its first other number for a how-many/much
     one, else its first name phrase that the question does not hold. What a model taught
     "When ...? 1460" for every "when" question would say."""
+    return (_typed_candidates(passage, i) or [""])[0]
+
+
+def _typed_hedge(passage: Passage, i: int) -> str:
+    """The first two candidates of :func:`_typed_guess`, offered as alternatives."""
+    return " / ".join(_typed_candidates(passage, i)[:2])
+
+
+def _typed_candidates(passage: Passage, i: int) -> list[str]:
     question = passage.questions[i].question
     numbers = _numbers(passage.context)
     if _WHEN_QUESTION.match(question):
@@ -209,7 +218,7 @@ def _typed_guess(passage: Passage, i: int) -> str:
         asked = set(normalize_answer(question).split())
         candidates = [phrase for phrase in capitalised_phrases(passage.context)
                       if not set(normalize_answer(phrase).split()) <= asked]
-    return candidates[0] if candidates else ""
+    return candidates
 
 
 STRATEGIES: dict[str, tuple[str, Strategy]] = {
@@ -305,9 +314,12 @@ that pays natural answers can give these nothing (see results/redteam/README.md)
 GUESSES: dict[str, tuple[str, Strategy]] = {
     "typed_guess": ("one guess per question type: the first year (when), the first other "
                     "number (how many), else the first name not in the question", _typed_guess),
+    "typed_hedge": ("the first two such candidates as alternatives: \"1460 / 1974\"",
+                    _typed_hedge),
 }
 """Guessers: one candidate of the question's type, the same for every question of that
-type. A right guess is a right answer, so no grader can pay a guesser nothing where a
+type (or two, offered as alternatives: ``committed`` reads a separator as "or", rule 4, so
+the hedge pays only where it degenerates into a guess: a passage with one candidate). A right guess is a right answer, so no grader can pay a guesser nothing where a
 passage has few candidates of a type; ``committed`` pays a candidate given to m questions
 once in all (its rule 9), so a guesser earns a part of its right guesses (its exact-match
 rate): about half where passages have ten questions, more where they have few. Reported
@@ -417,15 +429,17 @@ def red_team_report(source: str = "embedded", passages: str | None = None,
         lines.append(f"| {name} | {rows[name][0]} | {cells} |")
     worst = max(STRATEGIES, key=lambda name: scores[name]["committed"])
     verdict = "passes" if scores[worst]["committed"] <= MAX_GAMED else "FAILS"
-    guesses = [f"{name} is paid {scores[name]['committed']:.3f} for "
-               f"{scores[name]['exact_match']:.3f} right guesses" for name in GUESSES]
+    guesses = [f"{name} {scores[name]['committed']:.3f} (exact match "
+               f"{scores[name]['exact_match']:.3f}, contains {scores[name]['contains']:.3f})"
+               for name in GUESSES]
     lines += ["", f"Default grader `committed` {verdict}: worst knowledge-free strategy {worst} "
               f"scores {scores[worst]['committed']:.3f} (limit {MAX_GAMED}). The reciters that "
               "know where the gold sits (gold_sentence*, gold_clause, gold_window_*) are "
               "reported, not held to the limit: the gold's sentence, or a short piece of it "
-              "around the gold, is often a correct answer. Guessers are reported with their "
-              "right guesses (a right guess is a right answer; committed pays one guess given "
-              "to m questions once): " + "; ".join(guesses) + "."]
+              "around the gold, is often a correct answer. Guessers are reported beside what "
+              "the exact and lenient graders pay them (a right guess is a right answer; "
+              "committed pays one guess given to m questions once and no hedge): "
+              + "; ".join(guesses) + "."]
     return "\n".join(lines)
 
 
