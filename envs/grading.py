@@ -751,7 +751,8 @@ def committed(
     # one, nor hold it, nor lie within it) commit to was given to m questions: paid 1/m.
     sentences = [first_sentence(answer) for answer in answers]
     runs = [[run for run in map(_tokens, answer_golds) if run] for answer_golds in golds]
-    wrong = [not score and bool(sentence.strip()) for score, sentence in zip(scores, sentences)]
+    wrong = [not score and bool(sentence.strip())
+             for score, sentence in zip(scores, sentences, strict=True)]
     for i in [i for i, score in enumerate(scores) if score]:
         given = 1
         for j, sentence in enumerate(sentences):

@@ -319,8 +319,9 @@ GUESSES: dict[str, tuple[str, Strategy]] = {
 }
 """Guessers: one candidate of the question's type, the same for every question of that
 type (or two, offered as alternatives: ``committed`` reads a separator as "or", rule 4, so
-the hedge pays only where it degenerates into a guess: a passage with one candidate). A right guess is a right answer, so no grader can pay a guesser nothing where a
-passage has few candidates of a type; ``committed`` pays a candidate given to m questions
+the hedge pays only where it degenerates into a guess: a passage with one candidate). A
+right guess is a right answer, so no grader can pay a guesser nothing where a passage has
+few candidates of a type; ``committed`` pays a candidate given to m questions
 once in all (its rule 9), so a guesser earns a part of its right guesses (its exact-match
 rate): about half where passages have ten questions, more where they have few. Reported
 with that part, not held to :data:`MAX_GAMED`."""

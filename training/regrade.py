@@ -43,8 +43,9 @@ _STEPS = ("steps.jsonl", "run/steps.jsonl", "noise/steps.jsonl")
 
 def _scores(answers: Sequence[str], passage: Passage) -> dict[str, list[float]]:
     golds = [list(q.answers) for q in passage.questions]
-    return grading.grade_all(list(answers), golds, questions=[q.question for q in passage.questions],
-                             title=passage.title, context=passage.context, passage_golds=golds)
+    questions = [q.question for q in passage.questions]
+    return grading.grade_all(list(answers), golds, questions=questions, title=passage.title,
+                             context=passage.context, passage_golds=golds)
 
 
 def _regrade_result(result: dict[str, Any], passage: Passage, grader: str) -> None:
