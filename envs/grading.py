@@ -736,33 +736,30 @@ def committed(
     if context is not None or title is not None:
         passage_vocab = _stems(_tokens(f"{title or ''} {context or ''}"))
     title_stems = _stems(_tokens(title)) if title else set()
-    scores = []
-    for i, (answer, answer_golds) in enumerate(zip(answers, golds, strict=True)):
-        gold_runs = [run for run in map(_tokens, answer_golds) if run]
-        if not gold_runs:
-            scores.append(0.0)  # a gold that normalises to nothing never matches
-            continue
-        others = [list(run) for run in sorted(all_runs - {tuple(run) for run in gold_runs})]
-        question = questions[i] if questions is not None else None
-        hit = _commits(first_sentence(answer), gold_runs, question, title_stems, others,
-                       passage_vocab, max_words, max_extra)
-        scores.append(float(hit))
-    # Rule 9: a gold that the wrong answers to other questions (whose golds are not this
-    # one, nor hold it, nor lie within it) commit to was given to m questions: paid 1/m.
     sentences = [first_sentence(answer) for answer in answers]
     runs = [[run for run in map(_tokens, answer_golds) if run] for answer_golds in golds]
+
+    def commits(j: int, gold_runs: list[list[str]]) -> bool:
+        """Whether answer j commits to ``gold_runs`` (rules 1-8), as if they were its golds."""
+        others = [list(run) for run in sorted(all_runs - {tuple(run) for run in gold_runs})]
+        question = questions[j] if questions is not None else None
+        return _commits(sentences[j], gold_runs, question, title_stems, others,
+                        passage_vocab, max_words, max_extra)
+
+    # A gold that normalises to nothing never matches.
+    scores = [float(bool(gold_runs) and commits(i, gold_runs))
+              for i, gold_runs in enumerate(runs)]
+    # Rule 9: a gold that the wrong answers to other questions (whose golds are not this
+    # one, nor hold it, nor lie within it) commit to was given to m questions: paid 1/m.
     wrong = [not score and bool(sentence.strip())
              for score, sentence in zip(scores, sentences, strict=True)]
     for i in [i for i, score in enumerate(scores) if score]:
         given = 1
-        for j, sentence in enumerate(sentences):
+        for j in range(len(answers)):
             if j == i or not wrong[j] or any(_find_run(b, a) >= 0 or _find_run(a, b) >= 0
                                              for a in runs[i] for b in runs[j]):
                 continue
-            question = questions[j] if questions is not None else None
-            if any(_commits(sentence, [run], question, title_stems,
-                            [list(other) for other in sorted(all_runs - {tuple(run)})],
-                            passage_vocab, max_words, max_extra) for run in runs[i]):
+            if any(commits(j, [run]) for run in runs[i]):
                 given += 1
         scores[i] /= given
     return scores
