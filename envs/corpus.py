@@ -165,6 +165,24 @@ class Passage:
         blob = json.dumps(payload, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
         return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
 
+    def grader_keywords(self) -> dict[str, Any]:
+        """What the env hands every grader about this passage (the Grader protocol of
+        :mod:`selfedit.envs.grading`): ``questions``, ``title``, ``context`` and
+        ``passage_golds``, every question's golds, which is also the graders' ``golds``
+        argument when all the passage's questions are graded.
+
+        Example:
+            >>> p = Passage("a:0", "T", "C", (Question("Q?", ("A", "a")),))
+            >>> p.grader_keywords()["passage_golds"], p.grader_keywords()["questions"]
+            ([['A', 'a']], ['Q?'])
+        """
+        return {
+            "questions": [q.question for q in self.questions],
+            "title": self.title,
+            "context": self.context,
+            "passage_golds": [list(q.answers) for q in self.questions],
+        }
+
 
 class Corpus(Sequence[Passage]):
     """An ordered, named, read-only collection of passages.

@@ -765,13 +765,8 @@ class SelfEditEnv(gym.Env):
         Graders get what they may need about the passage as keyword arguments (the Grader
         protocol): ``questions``, ``title``, ``context`` and ``passage_golds``.
         """
-        golds = [list(q.answers) for q in passage.questions]
-        context = {
-            "questions": [q.question for q in passage.questions],
-            "title": passage.title,
-            "context": passage.context,
-            "passage_golds": golds,
-        }
+        context = passage.grader_keywords()
+        golds = context["passage_golds"]
         verdicts = grading.grade_all(answers, golds, **context)
         if self.grader_name not in verdicts:
             extra = {} if time_budget_s is None else {"time_budget_s": time_budget_s}

@@ -381,13 +381,8 @@ def red_team_scores(
         name: {g: [] for g in graders} for name in rows
     }
     for passage in corpus:
-        golds = [list(q.answers) for q in passage.questions]
-        keywords: dict[str, Any] = {
-            "questions": [q.question for q in passage.questions],
-            "title": passage.title,
-            "context": passage.context,
-            "passage_golds": golds,
-        }
+        keywords = passage.grader_keywords()
+        golds = keywords["passage_golds"]
         for name, (_, strategy) in rows.items():
             answers = red_team_answers(passage, strategy)
             for gname, grader in graders.items():
@@ -649,9 +644,8 @@ def regrade(rows: Sequence[EndToEndRow], corpus: Corpus) -> list[EndToEndRow]:
     out = []
     for row in rows:
         passage = corpus.by_id(row.passage_id)
-        golds = [list(q.answers) for q in passage.questions]
-        keywords = {"questions": [q.question for q in passage.questions], "title": passage.title,
-                    "context": passage.context, "passage_golds": golds}
+        keywords = passage.grader_keywords()
+        golds = keywords["passage_golds"]
         metrics = {g: float(np.mean(v)) for g, v in
                    grading.grade_all(row.answers, golds, **keywords).items()}
         base_answers = base.get(row.passage_id)

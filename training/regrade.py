@@ -42,10 +42,8 @@ _STEPS = ("steps.jsonl", "run/steps.jsonl", "noise/steps.jsonl")
 
 
 def _scores(answers: Sequence[str], passage: Passage) -> dict[str, list[float]]:
-    golds = [list(q.answers) for q in passage.questions]
-    questions = [q.question for q in passage.questions]
-    return grading.grade_all(list(answers), golds, questions=questions, title=passage.title,
-                             context=passage.context, passage_golds=golds)
+    keywords = passage.grader_keywords()
+    return grading.grade_all(list(answers), keywords["passage_golds"], **keywords)
 
 
 def _regrade_result(result: dict[str, Any], passage: Passage, grader: str) -> None:
