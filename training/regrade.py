@@ -34,7 +34,8 @@ from selfedit.envs import grading
 from selfedit.envs.config import ConfigError
 from selfedit.envs.corpus import Passage
 from selfedit.envs.selfedit_env import normalized_gain
-from selfedit.training.jsonio import read_jsonl
+from selfedit.training.env_kinds import SQUAD_ENV_ID
+from selfedit.training.jsonio import read_jsonl, write_json_atomic
 
 __all__ = ["add_subcommand", "main", "regrade_dir", "regrade_record"]
 
@@ -137,8 +138,8 @@ def regrade_dir(source: str | Path, output: str | Path) -> Path:
                           "never overwrites one")
     cfg, is_benchmark = _config(source)
     env_cfg = cfg.env
-    if getattr(cfg, "env_id", "selfedit/SQuAD-v0") != "selfedit/SQuAD-v0":
-        raise ConfigError(f"only runs of selfedit/SQuAD-v0 are graded by these graders, this "
+    if getattr(cfg, "env_id", SQUAD_ENV_ID) != SQUAD_ENV_ID:
+        raise ConfigError(f"only runs of {SQUAD_ENV_ID} are graded by these graders, this "
                           f"one ran {cfg.env_id}")
     grader = env_cfg.reward_grader
     if grader not in grading.GRADERS:
@@ -167,10 +168,10 @@ def regrade_dir(source: str | Path, output: str | Path) -> Path:
                 "graders; timings and budgets are the run's own.\n"), encoding="utf-8")
         else:
             _rewrite_summary(output, cfg, regraded["steps.jsonl"])
-        (output / "regraded.json").write_text(json.dumps({
+        write_json_atomic(output / "regraded.json", {
             "from": str(source), "grading_version": grading.GRADING_VERSION,
             "reward_grader": grader, "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-        }, indent=1) + "\n", encoding="utf-8")
+        }, indent=1)
     except BaseException:
         shutil.rmtree(output, ignore_errors=True)
         raise
@@ -190,7 +191,7 @@ def _rewrite_summary(output: Path, cfg: Any, records: list[dict[str, Any]]) -> N
     path = output / "summary.json"
     summary = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     summary["agents"] = [s.to_dict() for s in summaries]
-    path.write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+    write_json_atomic(path, summary, indent=1)
     (output / "table.md").write_text(table + "\n", encoding="utf-8")
 
 
