@@ -78,8 +78,9 @@ _SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'])")
 # numbers ("Levi's", "black-faced", "2,817", "24\u201310").
 _WORD = re.compile(r"[A-Za-z0-9\u00c0-\u024f]+(?:['\u2019\u2013,.-][A-Za-z0-9\u00c0-\u024f]+)*")
 # Questions whose answer is a number or a date: a type-aware lister offers numbers only.
+_AMOUNTS = "many|much|tall|long|far|old|high|deep|wide|large|big"
 _NUMERIC_QUESTION = re.compile(
-    r"^\s*(when|how (many|much|tall|long|far|old|high|deep|wide|large|big)|"
+    rf"^\s*(when|how ({_AMOUNTS})|"
     r"(in |by |during )?what (year|decade|century|month|day|date|percentage|number))\b",
     re.IGNORECASE,
 )
@@ -190,8 +191,7 @@ def _typed_list(passage: Passage, i: int) -> str:
 _YEAR = re.compile(r"^(1[0-9]{3}|20[0-9]{2})$")
 _WHEN_QUESTION = re.compile(r"^\s*(when|(in |by |during )?what (year|decade|century|date))\b",
                             re.IGNORECASE)
-_AMOUNT_QUESTION = re.compile(
-    r"^\s*how (many|much|tall|long|far|old|high|deep|wide|large|big)\b", re.IGNORECASE)
+_AMOUNT_QUESTION = re.compile(rf"^\s*how ({_AMOUNTS})\b", re.IGNORECASE)
 
 
 def _typed_guess(passage: Passage, i: int) -> str:
@@ -351,6 +351,13 @@ def red_team_answers(passage: Passage, strategy: Strategy) -> list[str]:
     return [strategy(passage, i) for i in range(len(passage.questions))]
 
 
+def _rows(*, positional: bool = True, guesses: bool = True,
+          sanity: bool = True) -> dict[str, tuple[str, Strategy]]:
+    """The red team's rows, in table order: knowledge-free, informed, guessers, sanity."""
+    return (dict(STRATEGIES) | (dict(POSITIONAL) if positional else {})
+            | (dict(GUESSES) if guesses else {}) | (dict(SANITY) if sanity else {}))
+
+
 def red_team_scores(
     corpus: Corpus | Sequence[Passage],
     graders: dict[str, grading.Grader] | None = None,
@@ -375,8 +382,7 @@ def red_team_scores(
         ``{strategy: {grader: mean score}}``, question-weighted.
     """
     graders = dict(graders) if graders is not None else dict(grading.GRADERS)
-    rows = (dict(STRATEGIES) | (dict(POSITIONAL) if positional else {})
-            | (dict(GUESSES) if guesses else {}) | (dict(SANITY) if sanity else {}))
+    rows = _rows(positional=positional, guesses=guesses, sanity=sanity)
     totals: dict[str, dict[str, list[float]]] = {
         name: {g: [] for g in graders} for name in rows
     }
@@ -419,7 +425,7 @@ def red_team_report(source: str = "embedded", passages: str | None = None,
         "| strategy | answer given | " + " | ".join(names) + " |",
         "|---|---|" + "---:|" * len(names),
     ]
-    rows = dict(STRATEGIES) | dict(POSITIONAL) | dict(GUESSES) | dict(SANITY)
+    rows = _rows()
     for name, row in scores.items():
         cells = " | ".join(f"{row[g]:.3f}" for g in names)
         lines.append(f"| {name} | {rows[name][0]} | {cells} |")
