@@ -29,6 +29,16 @@ def run_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     return found
 
 
+def _copy(run_dir: Path, dest: Path, records: list[dict[str, Any]],
+          files: tuple[str, ...] = ("config.yaml",)) -> Path:
+    """A run directory made of ``files`` of ``run_dir`` and ``records`` as its steps."""
+    dest.mkdir()
+    for name in files:
+        (dest / name).write_bytes((run_dir / name).read_bytes())
+    (dest / "steps.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return dest
+
+
 def _digest(path: Path) -> dict[str, str]:
     return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(path.rglob("*")) if p.is_file()}
@@ -53,17 +63,14 @@ def test_regrading_follows_the_answers_not_the_stored_scores(run_dir: Path,
                                                              tmp_path: Path) -> None:
     """Answers replaced by the golds and scores made up: regrading pays the golds and
     recomputes every mean, the reward and the table from them."""
-    source = tmp_path / "edited"
-    source.mkdir()
-    for name in ("config.yaml", "summary.json", "table.md"):
-        (source / name).write_bytes((run_dir / name).read_bytes())
     records = read_steps(run_dir / "steps.jsonl")
     target = next(r for r in records if r["agent"] == "passage")
     result = target["results"][0]
     result["answers"] = [golds[0] for golds in result["golds"]]
     result["verdicts"] = {g: [0.0] * len(result["golds"]) for g in result["verdicts"]}
     target["reward"] = target["accuracy"] = -5.0
-    (source / "steps.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    source = _copy(run_dir, tmp_path / "edited", records,
+                   ("config.yaml", "summary.json", "table.md"))
 
     out = regrade_dir(source, tmp_path / "regraded")
     fixed = next(r for r in read_steps(out / "steps.jsonl") if r["key"] == target["key"])
@@ -103,12 +110,9 @@ def test_a_record_of_a_pooled_step_weighs_its_passages_by_questions() -> None:
 )
 def test_what_cannot_be_recomputed_is_refused_and_leaves_nothing(
         run_dir: Path, tmp_path: Path, edit: Any, message: str) -> None:
-    source = tmp_path / "edited"
-    source.mkdir()
-    (source / "config.yaml").write_bytes((run_dir / "config.yaml").read_bytes())
     records = read_steps(run_dir / "steps.jsonl")
     edit(records[0])
-    (source / "steps.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    source = _copy(run_dir, tmp_path / "edited", records)
     with pytest.raises(ConfigError, match=message):
         regrade_dir(source, tmp_path / "out")
     assert not (tmp_path / "out").exists()
