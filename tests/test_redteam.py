@@ -245,8 +245,11 @@ def test_kappa_interval_covers_the_estimate_and_widens_for_clustered_items() -> 
 def test_committed_labels_file_is_complete() -> None:
     items = validity.load_labels(LABELS)
     assert len(items) >= 200
-    assert {item.split for item in items} == {"tune", "tune2", "heldout", "heldout2"}
+    assert {item.split for item in items} == {"tune", "tune2", "heldout", "heldout2", "heldout3"}
     assert sum(item.split == "heldout2" for item in items) >= 100
+    assert sum(item.split == "heldout3" for item in items) >= 150
+    # Every item was read twice, independently; load_labels checks label against readings.
+    assert all(len(item.readings) == 2 for item in items)
     assert sum(item.label for item in items) >= 40
     assert all(item.passage is not None for item in items)  # every passage resolves
     sources = {item.source.split()[0] for item in items}
@@ -269,6 +272,29 @@ def test_load_labels_names_the_bad_line(tmp_path: Path) -> None:
         validity.load_labels(path, tmp_path / "missing.json")
 
 
+def test_load_labels_checks_the_readings_against_the_label(tmp_path: Path) -> None:
+    path = tmp_path / "labels.jsonl"
+    item = {"question": "q", "golds": ["a"], "answer": "a", "label": 1}
+    one, zero = {"by": "x", "label": 1}, {"by": "y", "label": 0}
+
+    def load(**fields: object) -> list[validity.LabelledItem]:
+        path.write_text(json.dumps({**item, **fields}) + "\n")
+        return validity.load_labels(path)
+
+    assert load(annotations=[one, one])[0].readings == (1, 1)
+    assert load(annotations=[one, zero], adjudication={"label": 1})[0].readings == (1, 0)
+    with pytest.raises(ValueError, match="disagree.*adjudication"):
+        load(annotations=[one, zero])
+    with pytest.raises(ValueError, match="not the adjudication's 0"):
+        load(annotations=[one, zero], adjudication={"label": 0})
+    with pytest.raises(ValueError, match="common reading 0"):
+        load(annotations=[zero, zero])
+    with pytest.raises(ValueError, match="annotation 2's label must be 0 or 1"):
+        load(annotations=[one, {"label": "yes"}])
+    with pytest.raises(ValueError, match="annotations must be a list"):
+        load(annotations={"label": 1})
+
+
 def test_graders_command_prints_every_grader(tmp_path: Path,
                                              capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "labels.jsonl"
@@ -289,6 +315,20 @@ def test_graders_command_prints_every_grader(tmp_path: Path,
         assert f"| {name} | all (4) |" in printed
     assert "| committed | all (4) | 1.000 | 1.000 | 1.000 | 1.000 |" in printed
     assert out.read_text().strip() == printed.strip()
+    assert "second reading" not in printed  # no item was read twice
+
+    # Two readings per item: the second annotator is scored against the first, per split.
+    readings = [(1, 1), (0, 1), (1, 1), (0, 0)]
+    for r, (first, second) in zip(rows, readings, strict=True):
+        r["annotations"] = [{"by": "one", "label": first}, {"by": "two", "label": second}]
+        if first != second:
+            r["adjudication"] = {"by": "third", "label": r["label"]}
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert validity.main(args) == 0
+    printed = capsys.readouterr().out
+    # all four: agreement 3/4, the second's "correct" 3 of which 2 right, recall 2/2
+    assert "| second reading | all (4) | 0.750 | 0.667 | 1.000 | 0.500 |" in printed
+    assert "| second reading | b (2) | 1.000 | 1.000 | 1.000 | 1.000 |" in printed
 
 
 # --------------------------------------------------------------------------------------------

@@ -10,7 +10,15 @@ passage whose text or questions changed since another item was drawn from it.)
 
 ``label`` is 1 (correct) or 0 (wrong) by a written rubric (results/grader_validity/rubric.md);
 ``split`` (optional) names the part an item belongs to, so that a grader tuned on one part
-can be reported on another. The passages the items belong to are read from a JSON file
+can be reported on another. An item read by two annotators carries their independent
+readings, and, where they differ, the deciding reading::
+
+    "annotations": [{"by": "annotator-1", "label": 1, "note": "..."},
+                    {"by": "annotator-2", "label": 0, "note": "..."}],
+    "adjudication": {"by": "adjudicator", "label": 1, "note": "..."}
+
+``label`` is then their common reading, or the adjudicator's; the file is refused when it
+is neither. The passages the items belong to are read from a JSON file
 mapping ``passage_key`` (default ``passage_id``) to ``{"title", "context", "questions",
 "golds"}`` (by default ``passages.json`` beside the labels), and every grader gets them as
 the env hands them over
@@ -20,7 +28,9 @@ is graded with its own question and golds only.
 For every grader the table reports agreement, precision and recall (of "correct" verdicts)
 and Cohen's kappa with a 95% bootstrap interval, per split and over all items. The interval
 resamples passages, not items (answers to one passage's questions are not independent), so
-it says which kappa differences a split of this size can resolve at all.
+it says which kappa differences a split of this size can resolve at all. Where items carry
+two readings, a row ``second reading`` scores the second annotator against the first the
+same way: how far two careful people agree is the most any grader can be asked for.
 
 Wiring: either ``add_subcommand(subparsers)`` plus ``main(args)``, or a command of the CLI's
 own that calls :func:`graders_command` with the same options.
@@ -70,6 +80,7 @@ class LabelledItem:
     passage: dict[str, Any] | None = None  # title, context, questions, golds
     source: str = ""
     cluster: str = ""  # the passage the item belongs to (the bootstrap resamples these)
+    readings: tuple[int, ...] = ()  # the annotators' own labels, in order, when recorded
 
 
 @dataclass(frozen=True)
@@ -228,12 +239,11 @@ def load_labels(path: str | Path, passages: str | Path | None = None) -> list[La
                 continue
             try:
                 raw = json.loads(line)
-                label = raw["label"]
-                if label not in (0, 1) or isinstance(label, bool):
-                    raise ValueError(f"label must be 0 or 1, got {label!r}")
+                label = _binary(raw["label"], "label")
                 golds = raw["golds"]
                 if not isinstance(golds, list) or not all(isinstance(g, str) for g in golds):
                     raise ValueError("golds must be a list of strings")
+                readings = _readings(raw, int(label))
                 items.append(LabelledItem(
                     id=str(raw.get("id", number)), split=str(raw.get("split", "all")),
                     question=str(raw["question"]), golds=golds, answer=str(raw["answer"]),
@@ -241,6 +251,7 @@ def load_labels(path: str | Path, passages: str | Path | None = None) -> list[La
                     passage=known.get(raw.get("passage_key", raw.get("passage_id", ""))),
                     source=str(raw.get("source", "")),
                     cluster=str(raw.get("passage_key", raw.get("passage_id", f"item {number}"))),
+                    readings=readings,
                 ))
             except (ValueError, KeyError, TypeError) as err:
                 raise ValueError(
@@ -250,6 +261,36 @@ def load_labels(path: str | Path, passages: str | Path | None = None) -> list[La
     if not items:
         raise ValueError(f"{path}: no labelled items")
     return items
+
+
+def _binary(value: Any, what: str) -> int:
+    if value not in (0, 1) or isinstance(value, bool):
+        raise ValueError(f"{what} must be 0 or 1, got {value!r}")
+    return int(value)
+
+
+def _readings(raw: dict[str, Any], label: int) -> tuple[int, ...]:
+    """The annotators' labels of one item, checked against its ``label`` (see the module)."""
+    annotations = raw.get("annotations")
+    if annotations is None:
+        return ()
+    if not isinstance(annotations, list) or not all(isinstance(a, dict) for a in annotations):
+        raise ValueError("annotations must be a list of objects with a label")
+    readings = tuple(_binary(a.get("label"), f"annotation {k + 1}'s label")
+                     for k, a in enumerate(annotations))
+    adjudication = raw.get("adjudication")
+    if adjudication is not None:
+        if not isinstance(adjudication, dict):
+            raise ValueError("adjudication must be an object with a label")
+        decided = _binary(adjudication.get("label"), "the adjudication's label")
+        if decided != label:
+            raise ValueError(f"label {label} is not the adjudication's {decided}")
+    elif len(set(readings)) > 1:
+        raise ValueError(f"the annotations disagree ({list(readings)}) and no adjudication "
+                         "decides; add an \"adjudication\" with the deciding label")
+    elif readings and readings[0] != label:
+        raise ValueError(f"label {label} is not the annotators' common reading {readings[0]}")
+    return readings
 
 
 def _grade_one(grader: grading.Grader, item: LabelledItem) -> float:
@@ -291,14 +332,32 @@ def validity_report(items: Sequence[LabelledItem], graders: dict[str, grading.Gr
         "| grader | items | agreement | precision | recall | Cohen's kappa | 95% CI |",
         "|---|---|---:|---:|---:|---:|---:|",
     ]
+
+    def row(name: str, split: str, labels: list[int], said: list[int],
+            clusters: list[str]) -> str:
+        a = agreement(labels, said)
+        low, high = kappa_interval(labels, said, clusters)
+        return (f"| {name} | {split} ({a.n}) | {a.agreement:.3f} | {a.precision:.3f}"
+                f" | {a.recall:.3f} | {a.kappa:.3f} | [{low:.2f}, {high:.2f}] |")
+
     for name in graders:
         for split, index in groups:
-            labels = [items[i].label for i in index]
-            said = [verdicts[name][i] for i in index]
-            a = agreement(labels, said)
-            low, high = kappa_interval(labels, said, [items[i].cluster for i in index])
-            lines.append(f"| {name} | {split} ({a.n}) | {a.agreement:.3f} | {a.precision:.3f}"
-                         f" | {a.recall:.3f} | {a.kappa:.3f} | [{low:.2f}, {high:.2f}] |")
+            lines.append(row(name, split, [items[i].label for i in index],
+                             [verdicts[name][i] for i in index],
+                             [items[i].cluster for i in index]))
+    # Human agreement: the second reading scored against the first, on the items read twice.
+    for split, index in groups:
+        twice = [i for i in index if len(items[i].readings) >= 2]
+        if twice:
+            lines.append(row("second reading", split, [items[i].readings[0] for i in twice],
+                             [items[i].readings[1] for i in twice],
+                             [items[i].cluster for i in twice]))
+    if any(len(item.readings) >= 2 for item in items):
+        lines += ["", "`second reading`: the second annotator's labels against the first's "
+                  "(precision and recall of the second's \"correct\"), on the items both read: "
+                  "the agreement of two careful readers, the ceiling for a grader. The graders "
+                  "are scored against `label`, the common reading or, where the two differ, "
+                  "an adjudicator's."]
     return "\n".join(lines)
 
 

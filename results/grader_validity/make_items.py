@@ -3,6 +3,7 @@
     python results/grader_validity/make_items.py           # batch 1: items.jsonl
     python results/grader_validity/make_items.py --fresh   # batch 2: fresh.jsonl
     python results/grader_validity/make_items.py --third   # batch 3: third.jsonl
+    python results/grader_validity/make_items.py --fourth  # batch 4: fourth.jsonl
 
 Every item is one (question, gold answers, answer) with its passage, drawn with a fixed seed:
 
@@ -23,14 +24,20 @@ team's rows, results/redteam_e2e/rows.jsonl; results/continual_gated_cpu__* keep
 answers), red-team answers (the positional reciters included) on the embedded corpus and on
 SQuAD dev passages 200-299, excluding every (question, answer) of batches 1 and 2.
 
+Batch 4 (seed 15, the third held-out set ``heldout3``, 2026-12-02) draws from every
+committed run again (other answers than batches 1-3's), and every red-team row (knowledge-
+free, positional and guessers) on the embedded corpus and on SQuAD dev passages 300-399.
+
 Batch 1 (seed 12, 256 items) was split at random into halves ``tune`` and ``tune2`` (first
 called ``heldout``; see rubric.md for why it was renamed). Batch 2 (seed 13, the held-out
 set) excludes every (question, answer) of batch 1 and is all ``heldout``. Both were drawn
 from the tree as committed with this file; the embedded corpus has since grown, so a rerun
 draws other red-team items (and passages.json keeps the passages as they were).
 
-Labels are added by hand afterwards (see rubric.md): labels.jsonl is the two batches with
-``label`` (1 correct, 0 wrong) and ``note`` filled in; this script never writes labels. The
+Labels are added by hand afterwards (see rubric.md): labels.jsonl is the four batches with
+two independent readings each (``annotations``), an ``adjudication`` where they differ,
+and the resulting ``label`` (1 correct, 0 wrong) and ``note``; this script never writes
+labels. The
 passages the items belong to go to passages.json (title, text, every question and its golds),
 so the set is graded the way the env grades, with the passage's keywords.
 """
@@ -46,7 +53,7 @@ from typing import Any
 
 from selfedit.envs.corpus import Corpus, load_corpus
 from selfedit.envs.grading import normalize_answer, shorten_answer
-from selfedit.training.recitation import POSITIONAL, STRATEGIES
+from selfedit.training.recitation import GUESSES, POSITIONAL, STRATEGIES
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -71,6 +78,10 @@ BATCHES: dict[str, dict[str, Any]] = {
                           "results/cpt_cpu__*/steps.jsonl",
                           "results/measures_cpu/run/steps.jsonl",
                           "results/redteam_e2e/rows.jsonl")},
+    "fourth": {"seed": 15, "plan": {"embedded-adapted": (45, 20), "squad-adapted": (30, 15),
+                                    "embedded-base": (0, 5), "squad-base": (0, 10)},
+               "squad_red_team": "300:400", "per_strategy": 1, "out": "fourth.jsonl",
+               "prefix": "y", "split": "heldout3", "positional": True, "guesses": True},
 }
 
 
@@ -161,7 +172,8 @@ def draw(batch: str) -> None:
     red_team = (("embedded", corpora["embedded"]),
                 ("squad", corpora["squad_v1.1_dev_seal"].select(spec["squad_red_team"])))
     for name, corpus in red_team:
-        strategies = dict(STRATEGIES) | (dict(POSITIONAL) if spec.get("positional") else {})
+        strategies = (dict(STRATEGIES) | (dict(POSITIONAL) if spec.get("positional") else {})
+                      | (dict(GUESSES) if spec.get("guesses") else {}))
         for strategy, (_, fn) in strategies.items():
             candidates = []
             for passage in corpus:
@@ -236,5 +248,8 @@ if __name__ == "__main__":
     parser.add_argument("--fresh", action="store_true", help="draw batch 2 (the held-out set)")
     parser.add_argument("--third", action="store_true",
                         help="draw batch 3 (the second held-out set, heldout2)")
+    parser.add_argument("--fourth", action="store_true",
+                        help="draw batch 4 (the third held-out set, heldout3, two annotators)")
     options = parser.parse_args()
-    draw("third" if options.third else "fresh" if options.fresh else "first")
+    draw("fourth" if options.fourth else "third" if options.third
+         else "fresh" if options.fresh else "first")
