@@ -140,6 +140,40 @@ def normalized_gain(accuracy: float, base: float) -> float:
     return 0.0 if base >= 1.0 else round((accuracy - base) / (1.0 - base), 10)
 
 
+def step_figures(results: Sequence[Mapping[str, Any]], *, pooled: bool) -> dict[str, Any]:
+    """A step's accuracy, base accuracy, gains and per-grader metrics from its results.
+
+    Each result maps ``accuracy``, ``base_accuracy``, ``metrics``, ``base_metrics`` (grader
+    -> score) and ``questions`` (the question texts). Pooled (SEAL's continued
+    pretraining), one update answers every question of the pool, so each figure is the mean
+    over all those questions; else the mean over the (passage, completion) evaluations.
+    The env computes a step's figures with it, and ``selfedit regrade`` recomputes them the
+    same way.
+
+    >>> r = [{"accuracy": 1.0, "base_accuracy": 0.0, "metrics": {"f1": 1.0},
+    ...       "base_metrics": {"f1": 0.0}, "questions": ["Who?", "When?", "Where?"]},
+    ...      {"accuracy": 0.0, "base_accuracy": 0.0, "metrics": {"f1": 0.5},
+    ...       "base_metrics": {"f1": 0.0}, "questions": ["Why?"]}]
+    >>> step_figures(r, pooled=False)["accuracy"], step_figures(r, pooled=True)["accuracy"]
+    (0.5, 0.75)
+    """
+    weights = [len(r["questions"]) for r in results] if pooled else None
+
+    def mean(values: list[float]) -> float:
+        return float(np.average(values, weights=weights)) if pooled else float(np.mean(values))
+
+    accuracy = mean([r["accuracy"] for r in results])
+    base = mean([r["base_accuracy"] for r in results])
+    return {
+        "accuracy": accuracy,
+        "base_accuracy": base,
+        "gain": accuracy - base,
+        "normalized_gain": normalized_gain(accuracy, base),
+        **{key: {g: mean([r[key][g] for r in results]) for g in results[0][key]}
+           for key in ("metrics", "base_metrics")},
+    }
+
+
 @dataclass(frozen=True)
 class SlotRequest:
     """One action to evaluate: on which passages, with which seed, received when."""
@@ -942,28 +976,18 @@ class SelfEditEnv(gym.Env):
         # pool, so the reward is the accuracy over all those questions; else the mean over
         # (passage, completion) evaluations.
         pooled = self.config.pool_passages
-        weights = [len(r.questions) if pooled else 1 for r in results]
-
-        def mean(values: list[float]) -> float:
-            if not pooled:
-                return float(np.mean(values))
-            return float(np.average(values, weights=weights))
-
-        accuracy = mean([r.accuracy for r in results])
-        base = mean([r.base_accuracy for r in results])
-        graders = results[0].metrics.keys()
+        figures = step_figures(
+            [{"accuracy": r.accuracy, "base_accuracy": r.base_accuracy, "metrics": r.metrics,
+              "base_metrics": r.base_metrics, "questions": r.questions} for r in results],
+            pooled=pooled)
+        accuracy = figures["accuracy"]
         updates = [pair for pair in slot.pairs if pair.lead is None and not pair.skipped]
         if pooled:
             info["pool"] = {"passages": len(slot.request.passage_idx), "updates": len(updates),
-                            "questions": int(sum(weights))}
+                            "questions": sum(len(r.questions) for r in results)}
         info.update(
             error=None,
-            accuracy=accuracy,
-            base_accuracy=base,
-            gain=accuracy - base,
-            normalized_gain=normalized_gain(accuracy, base),
-            metrics={g: mean([r.metrics[g] for r in results]) for g in graders},
-            base_metrics={g: mean([r.base_metrics[g] for r in results]) for g in graders},
+            **figures,
             tokens={
                 "completion": sum(r.completion_tokens for r in results),
                 "train": sum(pair.stats.train_tokens for pair in updates),

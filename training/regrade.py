@@ -33,7 +33,7 @@ import numpy as np
 from selfedit.envs import grading
 from selfedit.envs.config import ConfigError
 from selfedit.envs.corpus import Passage
-from selfedit.envs.selfedit_env import normalized_gain
+from selfedit.envs.selfedit_env import normalized_gain, step_figures
 from selfedit.training.env_kinds import SQUAD_ENV_ID
 from selfedit.training.jsonio import read_jsonl, write_json_atomic
 
@@ -90,18 +90,7 @@ def regrade_record(record: dict[str, Any], passages: dict[str, Passage],
             raise ConfigError(f"passage {pid!r} is not in the run's corpus: it cannot be "
                               "regraded")
         _regrade_result(result, passages[pid], grader)
-    results = record["results"]
-    weights = [len(r["questions"]) if record.get("pool") else 1 for r in results]
-
-    def mean(values: list[float]) -> float:
-        return float(np.average(values, weights=weights))
-
-    record["accuracy"] = mean([r["accuracy"] for r in results])
-    record["base_accuracy"] = mean([r["base_accuracy"] for r in results])
-    record["gain"] = record["accuracy"] - record["base_accuracy"]
-    record["normalized_gain"] = normalized_gain(record["accuracy"], record["base_accuracy"])
-    for key in ("metrics", "base_metrics"):
-        record[key] = {g: mean([r[key][g] for r in results]) for g in results[0][key]}
+    record.update(step_figures(record["results"], pooled=bool(record.get("pool"))))
     record["reward"] = record["accuracy"]
     return record
 
