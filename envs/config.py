@@ -104,6 +104,9 @@ class EnvConfig:
                     "model) or an OpenAI-compatible base URL such as "
                     "https://api.openai.com/v1")
     judge_model: str = _f("gpt-4.1", "model name sent to an OpenAI-compatible judge")
+    judge_prompt: str = _f("rubric", "the judge's prompt: 'rubric' (commits to the gold: "
+                           "no lists, recitals or wrong subjects; the rubric of the hand "
+                           "labels) or 'lenient' (any answer that means the gold)")
     judge_api_key_env: str = _f("OPENAI_API_KEY", "environment variable holding the judge's "
                                 "API key (never written to logs)")
     hyperparameter_policy: str = _f("reject", "out-of-range hyperparameters: 'reject' "
@@ -229,6 +232,9 @@ class EnvConfig:
             raise ConfigError("invalid_reward must be a finite number below 0 (every valid "
                               "reward is an accuracy in [0, 1]), e.g. -0.1; got "
                               f"{self.invalid_reward!r}")
+        if self.judge_prompt not in ("rubric", "lenient"):
+            raise ConfigError(f"judge_prompt must be 'rubric' or 'lenient', got "
+                              f"{self.judge_prompt[:200]!r}")
         if self.judge != "local":
             try:
                 url = urllib.parse.urlsplit(self.judge)

@@ -43,6 +43,9 @@ from selfedit.envs.grading import _check_batch, normalize_answer, shorten_answer
 
 __all__ = [
     "JUDGE_PROMPT",
+    "JUDGE_PROMPTS",
+    "RUBRIC_JUDGE_PROMPT",
+    "judge_from",
     "MAX_DETAIL_CHARS",
     "ChatEndpoint",
     "GenerateFn",
@@ -65,11 +68,41 @@ JUDGE_PROMPT = (
     "spelling and extra detail do not matter as long as the meaning matches.\n"
     "Reply with a single word: yes or no."
 )
-"""The default judge prompt; its fields are ``{question}``, ``{golds}`` and ``{answer}``."""
+"""The lenient judge prompt (``judge_prompt: lenient``): any answer that means the gold,
+extra detail and all; its fields are ``{question}``, ``{golds}`` and ``{answer}``. A list of
+the passage's names that holds the gold can pass it, so it is not the env's default."""
+
+RUBRIC_JUDGE_PROMPT = (
+    "You are grading a closed-book quiz, strictly.\n"
+    "Question: {question}\n"
+    "Correct answer(s): {golds}\n"
+    "Proposed answer (its first sentence): {answer}\n"
+    "Say yes only if the proposed answer commits to one of the correct answers as the "
+    "answer to this question. Wording, spelling, number format and restating the question "
+    "do not matter, and one short detail about the answer is fine (\"Tarn Ellick, a market "
+    "town\"; \"in 1712\").\n"
+    "Say no if it offers more than one candidate (\"1974 or 1975\", a list of names or "
+    "numbers); if it goes on past the answer to state further facts (another clause, or "
+    "more than one further name, number or date); if it gives the correct answer for "
+    "something other than what is asked; if it only repeats the question; or if the answer "
+    "is missing, different or garbled.\n"
+    "Reply with a single word: yes or no."
+)
+"""The env's judge prompt (``judge_prompt: rubric``, the default): the rubric the hand labels
+of results/grader_validity/ follow, in brief, so a judge pays what ``committed`` means to pay
+(a committed answer, not a list or a recital) and can be scored against those labels."""
+
+JUDGE_PROMPTS: dict[str, tuple[str, int]] = {
+    "rubric": (RUBRIC_JUDGE_PROMPT, 40),
+    "lenient": (JUDGE_PROMPT, 12),
+}
+"""Judge prompts by name, each with the words of the answer's first sentence it shows: the
+rubric judge must see a recital to refuse it; the lenient one sees only the start."""
 
 MAX_DETAIL_CHARS = 200
 """How much of an endpoint's reply an error message may quote."""
 
+_HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
 _VERDICT = re.compile(r"\b(yes|no)\b", re.IGNORECASE)
 _LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 _UNPRINTABLE = re.compile(r"[^\x20-\x7e]+")
@@ -109,6 +142,41 @@ def redact(text: str, secret: str | None, limit: int = MAX_DETAIL_CHARS) -> str:
     if len(text) > limit:
         return f"{text[:limit]}... ({len(text)} characters, cut)"
     return text
+
+
+def judge_from(where: str, *, model: str = "gpt-4.1", prompt: str = "rubric",
+               api_key_env: str = "OPENAI_API_KEY") -> LLMJudge:
+    """An :class:`LLMJudge` with a named prompt, at an endpoint or on a local model.
+
+    Args:
+        where: An OpenAI-compatible base URL (``http(s)://...``), or a local model as
+            :class:`~selfedit.envs.backend.HFBackend` loads it: a ``save_pretrained``
+            directory, a ``.gguf`` file, ``embedded``, or a hub id where a hub is reachable
+            (a chat model judges best).
+        model: The model name sent to an endpoint.
+        prompt: A key of :data:`JUDGE_PROMPTS`.
+        api_key_env: The environment variable holding the endpoint's key.
+
+    Raises:
+        ValueError: For an unknown prompt name.
+        FileNotFoundError: For a ``where`` that is no URL, no existing path, not
+            ``embedded`` and not shaped like a hub id (``org/name``).
+    """
+    if prompt not in JUDGE_PROMPTS:
+        raise ValueError(f"judge prompt {prompt!r} is not one of {sorted(JUDGE_PROMPTS)}")
+    template, max_words = JUDGE_PROMPTS[prompt]
+    if where.startswith(("http://", "https://")):
+        return LLMJudge(base_url=where, model=model, api_key_env=api_key_env,
+                        prompt_template=template, max_words=max_words)
+    if not (where == "embedded" or os.path.exists(where) or _HUB_ID.fullmatch(where)):
+        raise FileNotFoundError(f"judge {where[:200]!r} is neither an http(s) base URL nor a "
+                                "local model (a directory, a .gguf file, 'embedded' or a hub "
+                                "id such as org/name)")
+    from selfedit.envs.backend import HFBackend
+
+    backend = HFBackend(where)
+    return LLMJudge(generate=lambda texts, n: backend.generate(texts, max_new_tokens=n),
+                    prompt_template=template, max_words=max_words)
 
 
 def parse_verdict(reply: str) -> float | None:

@@ -386,15 +386,20 @@ class SelfEditEnv(gym.Env):
         cfg = self.config
         if cfg.reward_grader != "judge":
             return grading.GRADERS[cfg.reward_grader]
+        from selfedit.envs.judge import JUDGE_PROMPTS
+
+        template, max_words = JUDGE_PROMPTS[cfg.judge_prompt]
         if cfg.judge == "local":
             backend = self.backend
 
             def generate(texts: list[str], max_new_tokens: int) -> list[str]:
                 return backend.generate(texts, max_new_tokens=max_new_tokens)
 
-            return grading.LLMJudge(generate=generate)
+            return grading.LLMJudge(generate=generate, prompt_template=template,
+                                    max_words=max_words)
         return grading.LLMJudge(
-            base_url=cfg.judge, model=cfg.judge_model, api_key_env=cfg.judge_api_key_env
+            base_url=cfg.judge, model=cfg.judge_model, api_key_env=cfg.judge_api_key_env,
+            prompt_template=template, max_words=max_words,
         )
 
     # -- gymnasium API ----------------------------------------------------------------
@@ -873,6 +878,10 @@ class SelfEditEnv(gym.Env):
             self.backend.fingerprint,
             passage.fingerprint,
             self.grader_name,
+            # A judge's verdicts are its model's and its prompt's.
+            *([_short_hash(f"{self.config.judge}|{self.config.judge_model}|"
+                           f"{self.config.judge_prompt}")]
+              if self.grader_name == "judge" else []),
             f"g{grading.GRADING_VERSION}",  # stored metrics are the graders' of that version
             str(self.config.answer_max_tokens),
             _short_hash(prompts.ANSWER_PROMPT),

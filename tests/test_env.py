@@ -199,6 +199,23 @@ def test_local_judge_as_reward_grader(tiny_backend) -> None:
     assert "judge" in info["base_metrics"]
 
 
+def test_the_judge_prompt_is_configurable_and_keys_the_baseline_cache(tiny_backend) -> None:
+    from selfedit.envs.judge import JUDGE_PROMPT, RUBRIC_JUDGE_PROMPT
+
+    rubric = SelfEditEnv(backend=tiny_backend, reward_grader="judge", **FAST)
+    lenient = SelfEditEnv(backend=tiny_backend, reward_grader="judge", judge_prompt="lenient",
+                          **FAST)
+    assert rubric.grader.prompt_template == RUBRIC_JUDGE_PROMPT and rubric.grader.max_words == 40
+    assert lenient.grader.prompt_template == JUDGE_PROMPT and lenient.grader.max_words == 12
+    passage = rubric.corpus[0]
+    # A judge's cached base scores are its prompt's: another prompt, another cache entry.
+    assert rubric._baseline_key(passage) != lenient._baseline_key(passage)
+    plain = SelfEditEnv(backend=tiny_backend, **FAST)
+    assert "|" not in plain._baseline_key(passage)
+    with pytest.raises(ConfigError, match="judge_prompt must be 'rubric' or 'lenient'"):
+        SelfEditEnv(backend=tiny_backend, reward_grader="judge", judge_prompt="kind", **FAST)
+
+
 def test_clamp_policy_evaluates_and_reports(tiny_backend) -> None:
     env = SelfEditEnv(backend=tiny_backend, hyperparameter_policy="clamp", **FAST)
     env.reset(seed=0)

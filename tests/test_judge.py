@@ -14,10 +14,13 @@ import pytest
 
 from selfedit.envs import grading
 from selfedit.envs.judge import (
+    JUDGE_PROMPT,
     MAX_DETAIL_CHARS,
+    RUBRIC_JUDGE_PROMPT,
     ChatEndpoint,
     JudgeTimeout,
     LLMJudge,
+    judge_from,
     parse_verdict,
     redact,
 )
@@ -104,6 +107,42 @@ def test_llm_judge_local_scores_and_prompts() -> None:
     assert "yes or no" in model.prompts[0]
     assert judge.unparsed == 0
     assert judge.judged == 3
+
+
+def test_judge_from_builds_endpoint_and_local_judges_with_a_named_prompt(tiny_model_dir,
+                                                                         tmp_path) -> None:
+    endpoint = judge_from("http://127.0.0.1:9/v1", model="m")
+    assert (endpoint.base_url, endpoint.model) == ("http://127.0.0.1:9/v1", "m")
+    assert endpoint.prompt_template == RUBRIC_JUDGE_PROMPT and endpoint.max_words == 40
+    lenient = judge_from("http://127.0.0.1:9/v1", model="m", prompt="lenient")
+    assert lenient.prompt_template == JUDGE_PROMPT and lenient.max_words == 12
+    # A local model from its directory really answers (a tiny random model: verdicts or
+    # unparsed replies, but one score per answer and every question asked).
+    local = judge_from(str(tiny_model_dir))
+    scores = local(["Paris.", "Rome"], [["Paris"], ["Paris"]], questions=["Capital?"] * 2)
+    assert len(scores) == 2 and set(scores) <= {0.0, 1.0} and local.judged == 2
+    with pytest.raises(ValueError, match="judge prompt 'kind' is not one of"):
+        judge_from("http://127.0.0.1:9/v1", prompt="kind")
+    with pytest.raises(FileNotFoundError, match="neither an http"):
+        judge_from(str(tmp_path / "no-such-model"))
+
+
+def test_the_rubric_judge_sees_the_whole_first_sentence() -> None:
+    """The rubric prompt must see a recital past the answer to refuse it; the lenient one
+    sees the answer's first 12 words only."""
+    recital = ("The garrison was commanded by Captain Aldous Wray, who had fought at Harrow "
+               "Gap in 1701 and later founded the Dunmarrow guild of armourers. More.")
+    model = ScriptedModel()
+    judge_from_prompt = {name: LLMJudge(generate=model, prompt_template=template,
+                                        max_words=words)
+                         for name, template, words in (("rubric", RUBRIC_JUDGE_PROMPT, 40),
+                                                       ("lenient", JUDGE_PROMPT, 12))}
+    for judge in judge_from_prompt.values():
+        judge([recital], [["Aldous Wray"]], questions=["Who commanded the garrison?"])
+    rubric_prompt, lenient_prompt = model.prompts
+    assert "guild of armourers." in rubric_prompt and "More." not in rubric_prompt
+    assert "1701" not in lenient_prompt
+    assert "more than one candidate" in rubric_prompt and "further facts" in rubric_prompt
 
 
 def test_llm_judge_skips_hopeless_items_without_calling_model() -> None:

@@ -331,6 +331,16 @@ def test_graders_command_prints_every_grader(tmp_path: Path,
     assert "| second reading | b (2) | 1.000 | 1.000 | 1.000 | 1.000 |" in printed
 
 
+def test_graders_command_scores_a_local_judge(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """`selfedit graders --judge DIR`: a local model judges the labelled answers too."""
+    path = tmp_path / "labels.jsonl"
+    rows = [{"question": "Who?", "golds": ["Ann"], "answer": answer, "label": label}
+            for answer, label in (("Ann", 1), ("Bob", 0), ("It was Ann.", 1))]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    table = validity.graders_command(path, judge=str(tiny_model_dir), judge_prompt="lenient")
+    assert "| judge | all (3) |" in table and "| committed | all (3) |" in table
+
+
 # --------------------------------------------------------------------------------------------
 # End to end through the env (slow: the embedded model trains ~25 LoRA adapters)
 # --------------------------------------------------------------------------------------------

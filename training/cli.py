@@ -242,7 +242,9 @@ def _recitation(args: argparse.Namespace, argv: list[str]) -> int:
                                  epochs=cfg.epochs, regrade_only=cfg.regrade,
                                  command=shlex.join(["selfedit", *argv])))
         return 0
-    judge = _judge(cfg.judge, cfg.judge_model) if cfg.judge else None
+    from selfedit.envs.judge import judge_from
+
+    judge = judge_from(cfg.judge, model=cfg.judge_model) if cfg.judge else None
     table = recitation_report(cfg.corpus, cfg.passages, judge=judge)
     print(table)
     if cfg.output:
@@ -390,17 +392,6 @@ def _keys(markdown: bool = False, env_id: str = SQUAD_ENV_ID) -> str:
         for name, default, text in field_help(cls):
             lines.append(f"  {section}.{name} = {default}\n      {text}")
     return "\n".join(lines)
-
-
-def _judge(where: str, model: str) -> object:
-    from selfedit.envs.grading import LLMJudge
-
-    if where.startswith(("http://", "https://")):
-        return LLMJudge(base_url=where, model=model)
-    from selfedit.envs.backend import HFBackend
-
-    backend = HFBackend(where)
-    return LLMJudge(generate=lambda texts, n: backend.generate(texts, max_new_tokens=n))
 
 
 # --- policy training (issue 4): selfedit train / selfedit continual ---

@@ -376,23 +376,29 @@ def add_subcommand(subparsers: argparse._SubParsersAction) -> argparse.ArgumentP
                         help="passages of the items (default: passages.json beside --labels)")
     parser.add_argument("--output", type=Path, default=None, help="also write the table here")
     parser.add_argument("--judge", default=None,
-                        help="also score an LLM judge: an OpenAI-compatible base URL (http...)")
+                        help="also score an LLM judge: an OpenAI-compatible base URL "
+                        "(http...), or a local model (a save_pretrained directory, a .gguf "
+                        "file, or 'embedded')")
     parser.add_argument("--judge-model", default="gpt-4.1",
                         help="model name for an endpoint judge")
+    parser.add_argument("--judge-prompt", default="rubric", choices=("rubric", "lenient"),
+                        help="the judge's prompt: 'rubric' (the labels' rubric in brief, the "
+                        "env's default) or 'lenient' (any answer that means the gold)")
     return parser
 
 
 def graders_command(labels: str | Path, passages: str | Path | None = None,
                     output: str | Path | None = None, judge: str | None = None,
-                    judge_model: str = "gpt-4.1") -> str:
+                    judge_model: str = "gpt-4.1", judge_prompt: str = "rubric") -> str:
     """What ``selfedit graders`` does: the table for a labels file (also written to
-    ``output``); ``judge``, an OpenAI-compatible base URL, adds an LLM judge column."""
+    ``output``); ``judge`` (an endpoint or a local model, see
+    :func:`~selfedit.envs.judge.judge_from`) adds rows for an LLM judge."""
     items = load_labels(labels, passages)
     graders: dict[str, grading.Grader] = dict(grading.GRADERS)
     if judge:
-        from selfedit.envs.judge import LLMJudge
+        from selfedit.envs.judge import judge_from
 
-        graders["judge"] = LLMJudge(base_url=judge, model=judge_model)
+        graders["judge"] = judge_from(judge, model=judge_model, prompt=judge_prompt)
     table = validity_report(items, graders,
                             title=f"Graders against the hand labels of {labels}\n")
     if output:
@@ -405,7 +411,8 @@ def graders_command(labels: str | Path, passages: str | Path | None = None,
 def main(args: argparse.Namespace) -> int:
     """Run ``selfedit graders`` on parsed arguments; print the table, return an exit code."""
     print(graders_command(args.labels, args.passages, args.output, getattr(args, "judge", None),
-                          getattr(args, "judge_model", "gpt-4.1")))
+                          getattr(args, "judge_model", "gpt-4.1"),
+                          getattr(args, "judge_prompt", "rubric")))
     return 0
 
 

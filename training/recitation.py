@@ -695,17 +695,6 @@ def add_subcommand(subparsers: argparse._SubParsersAction) -> argparse.ArgumentP
     return parser
 
 
-def _local_or_endpoint_judge(where: str, model: str) -> Any:
-    from selfedit.envs.judge import LLMJudge
-
-    if where.startswith(("http://", "https://")):
-        return LLMJudge(base_url=where, model=model)
-    from selfedit.envs.backend import HFBackend
-
-    backend = HFBackend(where)
-    return LLMJudge(generate=lambda texts, n: backend.generate(texts, max_new_tokens=n))
-
-
 def end_to_end_command(corpus: str, passages: str | None, out: Path, *,
                        epochs: int | None = None, regrade_only: bool = False,
                        command: str | None = None) -> str:
@@ -743,7 +732,9 @@ def end_to_end_command(corpus: str, passages: str | None, out: Path, *,
 def main(args: argparse.Namespace) -> int:
     """Run ``selfedit recitation`` on parsed arguments; print the table, return an exit code."""
     if args.end_to_end is None:
-        judge = _local_or_endpoint_judge(args.judge, args.judge_model) if args.judge else None
+        from selfedit.envs.judge import judge_from
+
+        judge = judge_from(args.judge, model=args.judge_model) if args.judge else None
         table = red_team_report(args.corpus, args.passages, judge=judge)
         if args.output:
             args.output.parent.mkdir(parents=True, exist_ok=True)
