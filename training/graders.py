@@ -309,9 +309,19 @@ def _grade_one(grader: grading.Grader, item: LabelledItem) -> float:
 
 def grade_items(items: Sequence[LabelledItem],
                 graders: dict[str, grading.Grader]) -> dict[str, list[int]]:
-    """Each grader's 0/1 verdict per item (a score of 0.5 or more counts as "correct")."""
-    return {name: [int(_grade_one(g, item) >= 0.5) for item in items]
-            for name, g in graders.items()}
+    """Each grader's 0/1 verdict per item (a score of 0.5 or more counts as "correct").
+
+    A grader other than the cheap ones (an LLM judge: one model call per item) shows a
+    progress bar on a terminal."""
+    from tqdm.auto import tqdm
+
+    verdicts = {}
+    for name, grader in graders.items():
+        slow = name not in grading.GRADERS
+        verdicts[name] = [int(_grade_one(grader, item) >= 0.5)
+                          for item in tqdm(items, desc=f"grading with {name}", unit="item",
+                                           disable=None if slow else True)]
+    return verdicts
 
 
 def validity_report(items: Sequence[LabelledItem], graders: dict[str, grading.Grader],
