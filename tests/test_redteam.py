@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from selfedit.envs import grading
+from selfedit.envs.config import ConfigError
 from selfedit.envs.corpus import Passage, Question, load_corpus
 from selfedit.training import graders as validity
 from selfedit.training import recitation
@@ -329,6 +330,22 @@ def test_graders_command_prints_every_grader(tmp_path: Path,
     # all four: agreement 3/4, the second's "correct" 3 of which 2 right, recall 2/2
     assert "| second reading | all (4) | 0.750 | 0.667 | 1.000 | 0.500 |" in printed
     assert "| second reading | b (2) | 1.000 | 1.000 | 1.000 | 1.000 |" in printed
+
+
+def test_graders_command_lists_a_graders_disagreements(tmp_path: Path) -> None:
+    path = tmp_path / "labels.jsonl"
+    rows = [{"id": f"i{k}", "question": "Who?", "golds": ["Ann"], "answer": answer,
+             "label": label}
+            for k, (answer, label) in enumerate((("Ann", 1), ("Bob or Ann", 0),
+                                                 ("Bob or Ann", 1)))]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    table = validity.graders_command(path, errors="contains")
+    listing = table.split("contains disagrees with the labels on ")[1]
+    # contains passes both hedges: the one labelled wrong is its only disagreement
+    assert listing.startswith("1 of 3 items (0 correct failed, 1 wrong passed)")
+    assert "| i1 | all | 0 | 1 | Who? | Ann | Bob or Ann |" in listing and "| i0 |" not in listing
+    with pytest.raises(ConfigError, match="--errors 'judge': no such grader"):
+        validity.graders_command(path, errors="judge")
 
 
 def test_graders_command_scores_a_local_judge(tmp_path: Path, tiny_model_dir: Path) -> None:

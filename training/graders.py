@@ -57,6 +57,7 @@ __all__ = [
     "add_subcommand",
     "agreement",
     "cohen_kappa",
+    "disagreements",
     "grade_items",
     "graders_command",
     "kappa_interval",
@@ -325,9 +326,10 @@ def grade_items(items: Sequence[LabelledItem],
 
 
 def validity_report(items: Sequence[LabelledItem], graders: dict[str, grading.Grader],
-                    *, title: str = "") -> str:
-    """The Markdown table of every grader against the labels, per split and overall."""
-    verdicts = grade_items(items, graders)
+                    *, title: str = "", verdicts: dict[str, list[int]] | None = None) -> str:
+    """The Markdown table of every grader against the labels, per split and overall
+    (``verdicts``: :func:`grade_items`' result when the caller already has it)."""
+    verdicts = verdicts if verdicts is not None else grade_items(items, graders)
     splits = sorted({item.split for item in items})
     groups = [(s, [i for i, item in enumerate(items) if item.split == s]) for s in splits]
     if len(splits) > 1:
@@ -371,6 +373,39 @@ def validity_report(items: Sequence[LabelledItem], graders: dict[str, grading.Gr
     return "\n".join(lines)
 
 
+def _cell(text: str, limit: int = 160) -> str:
+    text = " ".join(text.split()).replace("|", "\\|")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def disagreements(items: Sequence[LabelledItem], verdicts: Sequence[int], grader: str) -> str:
+    """A Markdown list of the items where ``grader``'s verdict is not the label: what to read
+    when revising a grader (the answer is shown as graders read it, its first sentence).
+
+    >>> item = LabelledItem(id="a1", split="s", question="Who?", golds=["Ann"],
+    ...                     answer="Bob. Ann.", label=1)
+    >>> print(disagreements([item], [0], "contains"))
+    contains disagrees with the labels on 1 of 1 items (1 correct failed, 0 wrong passed):
+    <BLANKLINE>
+    | id | split | label | contains | question | golds | answer (first sentence) |
+    |---|---|---:|---:|---|---|---|
+    | a1 | s | 1 | 0 | Who? | Ann | Bob. |
+    """
+    if len(verdicts) != len(items):
+        raise ValueError(f"one verdict per item: {len(verdicts)} for {len(items)} items")
+    wrong = [(item, v) for item, v in zip(items, verdicts, strict=True) if v != item.label]
+    missed = sum(item.label for item, _ in wrong)
+    lines = [f"{grader} disagrees with the labels on {len(wrong)} of {len(items)} items "
+             f"({missed} correct failed, {len(wrong) - missed} wrong passed):", "",
+             f"| id | split | label | {grader} | question | golds | answer (first sentence) |",
+             "|---|---|---:|---:|---|---|---|"]
+    for item, v in wrong:
+        lines.append(f"| {item.id} | {item.split} | {item.label} | {v} | {_cell(item.question)}"
+                     f" | {_cell('; '.join(item.golds))}"
+                     f" | {_cell(grading.first_sentence(item.answer))} |")
+    return "\n".join(lines)
+
+
 def add_subcommand(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add ``graders`` to the CLI's subparsers; :func:`main` runs it."""
     parser = subparsers.add_parser(
@@ -391,6 +426,9 @@ def add_subcommand(subparsers: argparse._SubParsersAction) -> argparse.ArgumentP
                         "file, or 'embedded')")
     parser.add_argument("--judge-model", default="gpt-4.1",
                         help="model name for an endpoint judge")
+    parser.add_argument("--errors", default=None, metavar="GRADER",
+                        help="also list the items where this grader (committed, contains, "
+                        "..., or judge) disagrees with the labels")
     parser.add_argument("--judge-prompt", default="rubric", choices=("rubric", "lenient"),
                         help="the judge's prompt: 'rubric' (the labels' rubric in brief, the "
                         "env's default) or 'lenient' (any answer that means the gold)")
@@ -399,18 +437,32 @@ def add_subcommand(subparsers: argparse._SubParsersAction) -> argparse.ArgumentP
 
 def graders_command(labels: str | Path, passages: str | Path | None = None,
                     output: str | Path | None = None, judge: str | None = None,
-                    judge_model: str = "gpt-4.1", judge_prompt: str = "rubric") -> str:
+                    judge_model: str = "gpt-4.1", judge_prompt: str = "rubric",
+                    errors: str | None = None) -> str:
     """What ``selfedit graders`` does: the table for a labels file (also written to
     ``output``); ``judge`` (an endpoint or a local model, see
-    :func:`~selfedit.envs.judge.judge_from`) adds rows for an LLM judge."""
+    :func:`~selfedit.envs.judge.judge_from`) adds rows for an LLM judge; ``errors`` names a
+    grader whose disagreements with the labels are listed below the table.
+
+    Raises:
+        ConfigError: For ``errors`` naming no grader of the table.
+    """
     items = load_labels(labels, passages)
     graders: dict[str, grading.Grader] = dict(grading.GRADERS)
     if judge:
         from selfedit.envs.judge import judge_from
 
         graders["judge"] = judge_from(judge, model=judge_model, prompt=judge_prompt)
-    table = validity_report(items, graders,
+    if errors is not None and errors not in graders:
+        from selfedit.envs.config import ConfigError
+
+        raise ConfigError(f"--errors {errors!r}: no such grader here; choose one of "
+                          f"{sorted(graders)} (judge needs --judge)")
+    verdicts = grade_items(items, graders)
+    table = validity_report(items, graders, verdicts=verdicts,
                             title=f"Graders against the hand labels of {labels}\n")
+    if errors is not None:
+        table += "\n\n" + disagreements(items, verdicts[errors], errors)
     if output:
         path = Path(output)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -422,7 +474,7 @@ def main(args: argparse.Namespace) -> int:
     """Run ``selfedit graders`` on parsed arguments; print the table, return an exit code."""
     print(graders_command(args.labels, args.passages, args.output, getattr(args, "judge", None),
                           getattr(args, "judge_model", "gpt-4.1"),
-                          getattr(args, "judge_prompt", "rubric")))
+                          getattr(args, "judge_prompt", "rubric"), getattr(args, "errors", None)))
     return 0
 
 
