@@ -183,6 +183,20 @@ class Passage:
             "passage_golds": [list(q.answers) for q in self.questions],
         }
 
+    def grade_all(self, answers: Sequence[str]) -> dict[str, list[float]]:
+        """Every cheap grader's verdicts on answers to this passage's questions, each grader
+        handed :meth:`grader_keywords` (:func:`selfedit.envs.grading.grade_all`).
+
+        Example:
+            >>> p = Passage("a:0", "T", "C", (Question("Q?", ("Ann",)),))
+            >>> p.grade_all(["Ann"])["committed"]
+            [1.0]
+        """
+        from selfedit.envs import grading
+
+        keywords = self.grader_keywords()
+        return grading.grade_all(list(answers), keywords["passage_golds"], **keywords)
+
 
 class Corpus(Sequence[Passage]):
     """An ordered, named, read-only collection of passages.

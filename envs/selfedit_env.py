@@ -804,14 +804,12 @@ class SelfEditEnv(gym.Env):
         Graders get what they may need about the passage as keyword arguments (the Grader
         protocol): ``questions``, ``title``, ``context`` and ``passage_golds``.
         """
-        context = passage.grader_keywords()
-        golds = context["passage_golds"]
-        verdicts = grading.grade_all(answers, golds, **context)
+        verdicts = passage.grade_all(answers)
         if self.grader_name not in verdicts:
+            context = passage.grader_keywords()
             extra = {} if time_budget_s is None else {"time_budget_s": time_budget_s}
-            verdicts[self.grader_name] = [
-                float(v) for v in self.grader(answers, golds, **context, **extra)
-            ]
+            verdicts[self.grader_name] = [float(v) for v in self.grader(
+                answers, context["passage_golds"], **context, **extra)]
         return verdicts
 
     def baseline(self, passage: Passage) -> BaselineEntry:

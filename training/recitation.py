@@ -650,13 +650,9 @@ def regrade(rows: Sequence[EndToEndRow], corpus: Corpus) -> list[EndToEndRow]:
     out = []
     for row in rows:
         passage = corpus.by_id(row.passage_id)
-        keywords = passage.grader_keywords()
-        golds = keywords["passage_golds"]
-        metrics = {g: float(np.mean(v)) for g, v in
-                   grading.grade_all(row.answers, golds, **keywords).items()}
+        metrics = {g: float(np.mean(v)) for g, v in passage.grade_all(row.answers).items()}
         base_answers = base.get(row.passage_id)
-        base_metrics = ({g: float(np.mean(v)) for g, v in
-                         grading.grade_all(base_answers, golds, **keywords).items()}
+        base_metrics = ({g: float(np.mean(v)) for g, v in passage.grade_all(base_answers).items()}
                         if base_answers is not None else row.base_metrics)
         reward = row.reward if row.error else metrics["committed"]
         out.append(EndToEndRow(row.strategy, row.mode, row.passage_id, metrics, base_metrics,

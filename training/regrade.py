@@ -24,7 +24,6 @@ import argparse
 import json
 import shutil
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,11 +41,6 @@ __all__ = ["add_subcommand", "main", "regrade_dir", "regrade_record"]
 _STEPS = ("steps.jsonl", "run/steps.jsonl", "noise/steps.jsonl")
 
 
-def _scores(answers: Sequence[str], passage: Passage) -> dict[str, list[float]]:
-    keywords = passage.grader_keywords()
-    return grading.grade_all(list(answers), keywords["passage_golds"], **keywords)
-
-
 def _regrade_result(result: dict[str, Any], passage: Passage, grader: str) -> None:
     if [q.question for q in passage.questions] != result.get("questions"):
         raise ConfigError(
@@ -57,7 +51,7 @@ def _regrade_result(result: dict[str, Any], passage: Passage, grader: str) -> No
             "answers were sampled several times (answer_samples > 1) and the base model's "
             "repeats are not kept: regrading would change the base accuracy")
     for key, answers in (("", result["answers"]), ("base_", result["base_answers"])):
-        verdicts = _scores(answers, passage)
+        verdicts = passage.grade_all(answers)
         metrics = {g: float(np.mean(v)) for g, v in verdicts.items()}
         if key == "":
             result["verdicts"] = {**result.get("verdicts", {}), **verdicts}
