@@ -232,9 +232,11 @@ class EnvConfig:
             raise ConfigError("invalid_reward must be a finite number below 0 (every valid "
                               "reward is an accuracy in [0, 1]), e.g. -0.1; got "
                               f"{self.invalid_reward!r}")
-        if self.judge_prompt not in ("rubric", "lenient"):
-            raise ConfigError(f"judge_prompt must be 'rubric' or 'lenient', got "
-                              f"{self.judge_prompt[:200]!r}")
+        from selfedit.envs.judge import JUDGE_PROMPTS
+
+        if self.judge_prompt not in JUDGE_PROMPTS:
+            raise ConfigError(f"judge_prompt must be {' or '.join(map(repr, JUDGE_PROMPTS))}, "
+                              f"got {self.judge_prompt[:200]!r}")
         if self.judge != "local":
             try:
                 url = urllib.parse.urlsplit(self.judge)

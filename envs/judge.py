@@ -144,12 +144,13 @@ def redact(text: str, secret: str | None, limit: int = MAX_DETAIL_CHARS) -> str:
     return text
 
 
-def judge_from(where: str, *, model: str = "gpt-4.1", prompt: str = "rubric",
+def judge_from(where: str | GenerateFn, *, model: str = "gpt-4.1", prompt: str = "rubric",
                api_key_env: str = "OPENAI_API_KEY") -> LLMJudge:
     """An :class:`LLMJudge` with a named prompt, at an endpoint or on a local model.
 
     Args:
-        where: An OpenAI-compatible base URL (``http(s)://...``), or a local model as
+        where: A local model's ``generate(prompts, max_new_tokens)`` (the env passes its
+            backend's), an OpenAI-compatible base URL (``http(s)://...``), or a model as
             :class:`~selfedit.envs.backend.HFBackend` loads it: a ``save_pretrained``
             directory, a ``.gguf`` file, ``embedded``, or a hub id where a hub is reachable
             (a chat model judges best).
@@ -165,6 +166,8 @@ def judge_from(where: str, *, model: str = "gpt-4.1", prompt: str = "rubric",
     if prompt not in JUDGE_PROMPTS:
         raise ValueError(f"judge prompt {prompt!r} is not one of {sorted(JUDGE_PROMPTS)}")
     template, max_words = JUDGE_PROMPTS[prompt]
+    if callable(where):
+        return LLMJudge(generate=where, prompt_template=template, max_words=max_words)
     if where.startswith(("http://", "https://")):
         return LLMJudge(base_url=where, model=model, api_key_env=api_key_env,
                         prompt_template=template, max_words=max_words)

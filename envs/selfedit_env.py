@@ -386,21 +386,18 @@ class SelfEditEnv(gym.Env):
         cfg = self.config
         if cfg.reward_grader != "judge":
             return grading.GRADERS[cfg.reward_grader]
-        from selfedit.envs.judge import JUDGE_PROMPTS
+        from selfedit.envs.judge import judge_from
 
-        template, max_words = JUDGE_PROMPTS[cfg.judge_prompt]
+        where: Any = cfg.judge
         if cfg.judge == "local":
             backend = self.backend
 
             def generate(texts: list[str], max_new_tokens: int) -> list[str]:
                 return backend.generate(texts, max_new_tokens=max_new_tokens)
 
-            return grading.LLMJudge(generate=generate, prompt_template=template,
-                                    max_words=max_words)
-        return grading.LLMJudge(
-            base_url=cfg.judge, model=cfg.judge_model, api_key_env=cfg.judge_api_key_env,
-            prompt_template=template, max_words=max_words,
-        )
+            where = generate
+        return judge_from(where, model=cfg.judge_model, prompt=cfg.judge_prompt,
+                          api_key_env=cfg.judge_api_key_env)
 
     # -- gymnasium API ----------------------------------------------------------------
     def reset(

@@ -429,7 +429,9 @@ def add_subcommand(subparsers: argparse._SubParsersAction) -> argparse.ArgumentP
     parser.add_argument("--errors", default=None, metavar="GRADER",
                         help="also list the items where this grader (committed, contains, "
                         "..., or judge) disagrees with the labels")
-    parser.add_argument("--judge-prompt", default="rubric", choices=("rubric", "lenient"),
+    from selfedit.envs.judge import JUDGE_PROMPTS
+
+    parser.add_argument("--judge-prompt", default="rubric", choices=sorted(JUDGE_PROMPTS),
                         help="the judge's prompt: 'rubric' (the labels' rubric in brief, the "
                         "env's default) or 'lenient' (any answer that means the gold)")
     return parser
