@@ -980,10 +980,7 @@ class SelfEditEnv(gym.Env):
         # pool, so the reward is the accuracy over all those questions; else the mean over
         # (passage, completion) evaluations.
         pooled = self.config.pool_passages
-        figures = step_figures(
-            [{"accuracy": r.accuracy, "base_accuracy": r.base_accuracy, "metrics": r.metrics,
-              "base_metrics": r.base_metrics, "questions": r.questions} for r in results],
-            pooled=pooled)
+        figures = step_figures([r.to_dict() for r in results], pooled=pooled)
         accuracy = figures["accuracy"]
         updates = [pair for pair in slot.pairs if pair.lead is None and not pair.skipped]
         if pooled:
